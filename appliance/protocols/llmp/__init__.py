@@ -1,0 +1,1 @@
+"""LLMP: reliable, totally ordered messaging over unreliable multicast."""
