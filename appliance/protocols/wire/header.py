@@ -1,0 +1,140 @@
+"""The fixed header every datagram carries, and the ordering records piggybacked on it.
+
+LLFT puts routing (groups, virtual connection), reliability (sequence and ack numbers) and
+membership (the primary view) into every message, so one fixed header shape serves every
+message type and the protocol engines can route a datagram before looking at its body. The
+header also carries what authentication needs beyond the HMAC: the cluster id, and the
+(src_node, incarnation, packet_number) triple that replay protection keys on.
+
+Both classes validate their fields on construction: an out-of-range value is a bug in the
+sender and should fail where it was made, not later inside :func:`encode`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from appliance.protocols.wire.fields import check_uint
+
+__all__ = ["PROTOCOL_VERSION", "Flags", "Header", "MessageType", "OrderRecord"]
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible layout change, so mixed-version clusters reject, not misparse."""
+
+
+class MessageType(enum.IntEnum):
+    """What a datagram is; its value is the ``msg_type`` byte on the wire."""
+
+    DATA = 1
+    """LLMP application messages on a virtual connection (a batch)."""
+    FIRST_ACK = 2
+    """Standalone cumulative ack from the destination primary when it has nothing to send."""
+    SECOND_ACK = 3
+    """A backup's confirmation of what it holds (acks + ordering position)."""
+    NACK = 4
+    """Gap report asking for retransmission of messages or ordering records."""
+    HEARTBEAT = 5
+    PROPOSE_PRIMARY = 6
+    PRIMARY_VOTE = 7
+    NEW_VIEW = 8
+    PROPOSE_BACKUP = 9
+    ACCEPT_BACKUP = 10
+    ACCEPT_ACK = 11
+    REMOVE_BACKUP = 12
+    STATE = 13
+    """State-transfer chunk."""
+    ORDER = 14
+    """Standalone ordering records when the primary has nothing else to send."""
+
+
+class Flags(enum.IntFlag):
+    """Per-datagram hints; unknown bits are rejected so they can be given meaning later."""
+
+    NONE = 0
+    RETRANSMISSION = 1
+    """A resend from the sent list (lets receivers and counters tell loss from first sends)."""
+    URGENT = 2
+    """Ask the receiver to ack immediately instead of waiting to piggyback."""
+    LOGGED = 4
+    """The sender logged the contents before sending (backups can rely on the log)."""
+
+
+KNOWN_FLAGS = int(Flags.RETRANSMISSION | Flags.URGENT | Flags.LOGGED)
+_MESSAGE_TYPES = frozenset(int(t) for t in MessageType)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The fixed part of every datagram; see ``docs/wire-format.md`` for the byte layout."""
+
+    msg_type: MessageType
+    cluster_id: int
+    """u32: lets several clusters share a LAN/multicast group without cross-talk."""
+    src_node: int
+    """u16: sending node id."""
+    incarnation: int
+    """u32: grows each time the node's agent starts, so old packets of a restarted node lose."""
+    packet_number: int
+    """u64: strictly increasing per (src_node, incarnation); what replay protection checks."""
+    src_group: int
+    """u16: virtual port of the sending group."""
+    dst_group: int
+    """u16: virtual port of the destination group."""
+    conn_id: int
+    """u32: virtual connection id."""
+    view: int
+    """u32: sender's primary view number."""
+    seq: int
+    """u64: sequence number (meaning depends on the message type)."""
+    ack: int
+    """u64: cumulative ack."""
+    flags: Flags = Flags.NONE
+    version: int = PROTOCOL_VERSION
+    """u8: kept settable so tests (and a future v2 sender) can produce other versions."""
+
+    def __post_init__(self) -> None:
+        # Normalise plain ints to the enums so `header.msg_type.name` always works and a
+        # decoded header compares and prints like a constructed one.
+        if check_uint("msg_type", self.msg_type, 8) not in _MESSAGE_TYPES:
+            raise ValueError(f"msg_type={self.msg_type!r} is not a known MessageType")
+        object.__setattr__(self, "msg_type", MessageType(self.msg_type))
+        flags = check_uint("flags", self.flags, 16)
+        if flags & ~KNOWN_FLAGS:
+            raise ValueError(f"flags={flags:#x} has unknown bits (known: {KNOWN_FLAGS:#x})")
+        object.__setattr__(self, "flags", Flags(flags))
+        check_uint("cluster_id", self.cluster_id, 32)
+        check_uint("src_node", self.src_node, 16)
+        check_uint("incarnation", self.incarnation, 32)
+        check_uint("packet_number", self.packet_number, 64)
+        check_uint("src_group", self.src_group, 16)
+        check_uint("dst_group", self.dst_group, 16)
+        check_uint("conn_id", self.conn_id, 32)
+        check_uint("view", self.view, 32)
+        check_uint("seq", self.seq, 64)
+        check_uint("ack", self.ack, 64)
+        check_uint("version", self.version, 8)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """The destination primary delivered message (src_group, conn_id, seq) as its index-th input.
+
+    The primary alone decides delivery order; shipping these records (piggybacked on whatever
+    it sends, reflected back until acknowledged) is how backups replay exactly its order.
+    """
+
+    index: int
+    """u64: position in the primary's total order of delivered inputs."""
+    src_group: int
+    """u16"""
+    conn_id: int
+    """u32"""
+    seq: int
+    """u64"""
+
+    def __post_init__(self) -> None:
+        check_uint("index", self.index, 64)
+        check_uint("src_group", self.src_group, 16)
+        check_uint("conn_id", self.conn_id, 32)
+        check_uint("seq", self.seq, 64)
