@@ -1,0 +1,23 @@
+"""The ``appliance`` command."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: appliance sim [--seed N | --seeds N] [--trace]")
+        print("  sim   deterministic simulation of the protocol core under random faults")
+        return 0
+    if args[0] == "sim":
+        from appliance.sim.runner import main as sim_main
+
+        return sim_main(args[1:])
+    print(f"appliance: unknown command {args[0]!r} (try --help)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

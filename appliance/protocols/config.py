@@ -1,0 +1,76 @@
+"""Protocol parameters: timing, windows and sizes.
+
+Defaults are LAN-scale: a Pi LAN round trip is 0.2-1 ms with multi-millisecond outliers, so
+heartbeats every 20 ms and suspicion after 150 ms of silence detect a dead primary well under a
+second while tolerating several consecutive lost heartbeats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from appliance.protocols.wire.datagram import DEFAULT_MAX_DATAGRAM
+
+SERVICE_GROUP = 1
+GATEWAY_GROUP_BASE = 0x8000
+
+
+def gateway_group(node: int) -> int:
+    """Virtual port of node ``node``'s client gateway (a group of one)."""
+    return GATEWAY_GROUP_BASE | node
+
+
+def is_gateway_group(group: int) -> bool:
+    return group & GATEWAY_GROUP_BASE != 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolConfig:
+    cluster_id: int
+    nodes: tuple[int, ...]
+    key: bytes = field(repr=False)
+    service_group: int = SERVICE_GROUP
+    heartbeat_interval: float = 0.02
+    silence_timeout: float = 0.15
+    flat_wire_timeout: float = 0.05
+    rank_delay: float = 0.05
+    """Extra wait per rank before a backup fences: the primary fences first (no fence race)."""
+    ack_delay: float = 0.001
+    nack_delay: float = 0.002
+    initial_rto: float = 0.02
+    min_rto: float = 0.003
+    max_rto: float = 0.5
+    window: int = 256
+    """Unacknowledged messages a sender may have in flight per virtual connection."""
+    max_datagram: int = DEFAULT_MAX_DATAGRAM
+    batch_bytes: int = 1400
+    max_log: int = 4096
+    """Ordered-log entries above the commit point; beyond it the primary stops ordering."""
+    lag_timeout: float = 1.0
+    """A backup that holds back the commit point this long is a timing fault: fenced."""
+    join_retry: float = 0.1
+    found_timeout: float = 0.5
+    """Silence before viewless nodes found a new group (the lowest id fences the unheard)."""
+    proposal_retry: float = 0.03
+    vote_timeout: float = 0.3
+    fence_retry: float = 0.1
+    state_chunk: int = 1024
+    join_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            raise ValueError("nodes: at least one node is required")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError(f"nodes: duplicate node ids in {self.nodes}")
+        for n in self.nodes:
+            if not 1 <= n < GATEWAY_GROUP_BASE:
+                raise ValueError(f"nodes: node id {n} must be in 1..{GATEWAY_GROUP_BASE - 1}")
+        if self.silence_timeout <= 2 * self.heartbeat_interval:
+            raise ValueError(
+                "silence_timeout must exceed two heartbeat intervals "
+                f"(got {self.silence_timeout} <= 2 x {self.heartbeat_interval})"
+            )
+        if self.batch_bytes > self.max_datagram:
+            raise ValueError(f"batch_bytes {self.batch_bytes} exceeds max_datagram")
+        if self.window < 1:
+            raise ValueError("window must be at least 1")

@@ -1,0 +1,157 @@
+"""The whole protocol stack of one node, behind one sans-I/O interface.
+
+In the style of aioquic's connection: the host feeds ``receive_datagram(data, now)``, arms one
+timer at ``get_timer()`` and calls ``handle_timer(now)`` when it fires, sends whatever
+``datagrams_to_send(now)`` returns to the cluster's multicast group, and drains
+``next_event()``. Host actions (fencing, snapshots, application output) come back through
+``fence_result``, ``provide_snapshot`` and ``send``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from appliance.protocols.config import ProtocolConfig, gateway_group
+from appliance.protocols.events import Event
+from appliance.protocols.failure_detector import FailureDetector, WireState
+from appliance.protocols.gateway import Gateway
+from appliance.protocols.group import GroupMember
+from appliance.protocols.ldmp.view import Member
+from appliance.protocols.messages import Role, decode_body
+from appliance.protocols.outbox import Outbox
+from appliance.protocols.wire.errors import WireError
+from appliance.protocols.wire.inbound import DatagramFilter
+
+
+class NodeEngine:
+    def __init__(self, cfg: ProtocolConfig, node: int, incarnation: int, now: float) -> None:
+        if node not in cfg.nodes:
+            raise ValueError(f"node {node} is not one of the configured nodes {cfg.nodes}")
+        self.cfg = cfg
+        self.node = node
+        self.incarnation = incarnation
+        self.events: deque[Event] = deque()
+        self.out = Outbox(
+            cfg, node, incarnation, frozenset({cfg.service_group, gateway_group(node)})
+        )
+        self.filter = DatagramFilter(cfg.key, cfg.cluster_id, cfg.max_datagram, own_node=node)
+        self.fd = FailureDetector(cfg.silence_timeout, cfg.flat_wire_timeout)
+        for n in cfg.nodes:
+            if n != node:
+                self.fd.watch(n, now)
+        self.member = GroupMember(
+            cfg, Member(node, incarnation), self.out, self.events, self.fd, now
+        )
+        self.gateway = Gateway(cfg, node, incarnation, self.out, self.events)
+        self.next_heartbeat = now
+        self.next_tick = now
+        self.tick_interval = cfg.heartbeat_interval / 2
+        self.body_rejects = 0
+
+    # -- input ---------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        d = self.filter.accept(data)
+        if d is None:
+            return
+        try:
+            body = decode_body(d.header.msg_type, d.body)
+        except WireError:
+            self.body_rejects += 1
+            return
+        self.fd.heard_from(d.header.src_node, now)
+        self.member.on_datagram(d, body, now)
+        self.gateway.on_datagram(d, body, now)
+
+    def handle_timer(self, now: float) -> None:
+        if now >= self.next_heartbeat:
+            self.member.heartbeat(now)
+            self.next_heartbeat = now + self.cfg.heartbeat_interval
+        if now >= self.next_tick:
+            self.next_tick = now + self.tick_interval
+        # Reading the suspicions marks them reported, so the detector's deadline moves on.
+        self.fd.suspects(now)
+        self.member.tick(now)
+
+    def wire_observed(self, node: int, state: WireState, now: float) -> None:
+        """Heartbeat-wire evidence from the hardware layer."""
+        self.fd.wire_observed(node, state, now)
+
+    # -- host actions --------------------------------------------------------------------
+
+    def submit(self, payload: bytes) -> int:
+        """A client request through this node's gateway; returns its sequence number."""
+        return self.gateway.submit(payload)
+
+    def send(self, dst_group: int, conn_id: int, payload: bytes, after: int | None = None) -> int:
+        """Application output of the replicated service (a backup logs it, does not send).
+
+        ``after``: the index of the delivered input that produced it (output commit).
+        """
+        return self.member.send(dst_group, conn_id, payload, after)
+
+    def fence_result(self, node: int, ok: bool, now: float) -> None:
+        self.member.fence_result(node, ok, now)
+
+    def provide_snapshot(self, snapshot_id: int, app_state: bytes, now: float) -> None:
+        self.member.provide_snapshot(snapshot_id, app_state, now)
+
+    # -- output --------------------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        sent: list[bytes] = []
+        for _ in range(8):
+            self.member.flush(now)
+            self.gateway.flush(now)
+            batch = self.out.take()
+            if not batch:
+                break
+            sent.extend(batch)
+            self._loop_back(now)
+        return sent
+
+    def _loop_back(self, now: float) -> None:
+        """Our own gateway talks to our own replica too: multicast loopback, done in-process."""
+        local, self.out.local = self.out.local, []
+        for d, body in local:
+            if d.header.dst_group == self.cfg.service_group:
+                self.member.on_datagram(d, body, now)
+            else:
+                self.gateway.on_datagram(d, body, now)
+
+    def get_timer(self) -> float:
+        t = min(self.next_heartbeat, self.next_tick)
+        for d in (
+            self.member.next_deadline(),
+            self.gateway.next_deadline(),
+            self.fd.next_deadline(),
+        ):
+            if d is not None and d < t:
+                t = d
+        return t
+
+    def next_event(self) -> Event | None:
+        return self.events.popleft() if self.events else None
+
+    # -- introspection -------------------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        return self.member.role
+
+    @property
+    def is_primary(self) -> bool:
+        return self.member.is_primary
+
+    def status(self) -> dict[str, object]:
+        s = self.member.status()
+        s.update(
+            node=self.node,
+            incarnation=self.incarnation,
+            rejected=self.filter.rejected
+            | ({"body": self.body_rejects} if self.body_rejects else {}),
+            accepted=self.filter.accepted,
+            requests_in_flight=self.gateway.in_flight,
+            requests_backlog=self.gateway.backlog,
+        )
+        return s

@@ -1,0 +1,103 @@
+"""Events the protocol core hands to its host (the node agent, the simulator, a test).
+
+The host drains them with ``next_event()`` after each call and acts: applies delivered
+operations, fences nodes, produces snapshots. Results come back through method calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.protocols.ldmp.view import View
+from appliance.protocols.messages import Role
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The group's ``index``-th input, in the primary's total order: apply it."""
+
+    index: int
+    src_group: int
+    conn_id: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Every member of the view holds the log up to ``index``."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChanged:
+    role: Role
+    view: View | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewInstalled:
+    view: View
+
+
+@dataclass(frozen=True, slots=True)
+class FenceRequested:
+    """Cut ``node``'s power (and confirm it is off), then call ``fence_result``."""
+
+    node: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequested:
+    """Call ``provide_snapshot(snapshot_id, app_state)`` with the state after ``index``."""
+
+    snapshot_id: int
+    joiner: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInstalled:
+    """Replace the application state with ``app_state`` (the state after ``index``)."""
+
+    index: int
+    app_state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StateReset:
+    """This node left the group (removed, or saw a newer view without it): clear the state."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyReceived:
+    """Gateway: a reply from the service group, in order on the connection."""
+
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestsStable:
+    """Gateway: requests up to ``seq`` are held by every member of the service group."""
+
+    seq: int
+
+
+Event = (
+    Delivered
+    | Committed
+    | RoleChanged
+    | ViewInstalled
+    | FenceRequested
+    | SnapshotRequested
+    | SnapshotInstalled
+    | StateReset
+    | ReplyReceived
+    | RequestsStable
+)

@@ -1,0 +1,125 @@
+"""A node's client gateway: a group of one with a virtual connection to the service group.
+
+Clients reach the service through the gateway of whichever node they connected to. The gateway
+sends requests on its connection (multicast, so every service member hears them) and receives
+replies from the service primary. A request is *stable* once the service primary acknowledges
+it, which it does only when every member of its view holds the request: only then may the
+gateway release the reply to the client (output commit), because only then does the request
+survive the primary's failure. The connection id is the gateway's incarnation, so a restarted
+gateway starts a fresh connection and the service forgets the old one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from appliance.protocols.config import ProtocolConfig, gateway_group
+from appliance.protocols.events import Event, ReplyReceived, RequestsStable
+from appliance.protocols.llmp.receiver import InboundConnection
+from appliance.protocols.llmp.rto import RttEstimator
+from appliance.protocols.llmp.sender import OutboundConnection
+from appliance.protocols.messages import Data, DataEntry, FirstAck, Nack, NackKind
+from appliance.protocols.outbox import Outbox
+from appliance.protocols.wire.datagram import Datagram
+
+
+class Gateway:
+    def __init__(
+        self, cfg: ProtocolConfig, node: int, incarnation: int, out: Outbox, events: deque[Event]
+    ) -> None:
+        self.cfg = cfg
+        self.node = node
+        self.group = gateway_group(node)
+        self.conn_id = incarnation & 0xFFFFFFFF
+        self.out = out
+        self.events = events
+        rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
+        self.requests = OutboundConnection(cfg.service_group, self.conn_id, cfg.window, rtt)
+        self.replies = InboundConnection(cfg.service_group, self.conn_id, cfg.window)
+        self.stable = 0
+        self.ack_sent = 0
+        self.ack_due: float | None = None
+
+    def submit(self, payload: bytes) -> int:
+        """Queue a request for the service group; returns its sequence number."""
+        return self.requests.send(payload)
+
+    def on_datagram(self, d: Datagram, body: object, now: float) -> None:
+        h = d.header
+        if (
+            h.src_group != self.cfg.service_group
+            or h.dst_group != self.group
+            or h.conn_id != self.conn_id
+        ):
+            return
+        if isinstance(body, Data):
+            self._acked(h.ack, now, None)
+            for e in body.entries:
+                self.replies.offer(e.seq, e.payload)
+            for seq, payload in self.replies.pop_ready():
+                self.events.append(ReplyReceived(seq, payload))
+            if self.replies.delivered > self.ack_sent and self.ack_due is None:
+                self.ack_due = now + self.cfg.ack_delay
+            if self.replies.gaps():
+                self.ack_due = now  # a gap: tell the primary where we are at once
+        elif isinstance(body, FirstAck):
+            self._acked(h.ack, now, body.credit)
+        elif isinstance(body, Nack) and body.kind is NackKind.MESSAGES and body.target == self.node:
+            self.requests.on_nack(body.ranges)
+
+    def _acked(self, ack: int, now: float, credit: int | None) -> None:
+        self.requests.on_ack(ack, now, credit)
+        if self.requests.acked > self.stable:
+            self.stable = self.requests.acked
+            self.events.append(RequestsStable(self.stable))
+
+    def flush(self, now: float) -> None:
+        due = self.requests.due(now)
+        batch: list[DataEntry] = []
+        size = 0
+        for m in due:
+            if batch and size + len(m.payload) + 12 > self.cfg.batch_bytes:
+                self._send(batch)
+                batch, size = [], 0
+            batch.append(DataEntry(m.seq, m.payload))
+            size += len(m.payload) + 12
+            self.requests.mark_sent(m, now)
+        if batch:
+            self._send(batch)
+        if self.ack_due is not None and now >= self.ack_due:
+            self.ack_due = None
+            if self.replies.delivered > self.ack_sent or self.replies.gaps():
+                self.ack_sent = self.replies.delivered
+                self.out.emit(
+                    FirstAck(self.replies.window),
+                    src_group=self.group,
+                    dst_group=self.cfg.service_group,
+                    conn_id=self.conn_id,
+                    ack=self.replies.delivered,
+                )
+
+    def _send(self, batch: list[DataEntry]) -> None:
+        self.ack_sent = self.replies.delivered
+        self.ack_due = None
+        self.out.emit(
+            Data(tuple(batch)),
+            src_group=self.group,
+            dst_group=self.cfg.service_group,
+            conn_id=self.conn_id,
+            seq=batch[0].seq,
+            ack=self.replies.delivered,
+        )
+
+    def next_deadline(self) -> float | None:
+        t = self.requests.next_deadline()
+        if self.ack_due is not None and (t is None or self.ack_due < t):
+            t = self.ack_due
+        return t
+
+    @property
+    def in_flight(self) -> int:
+        return self.requests.unacked
+
+    @property
+    def backlog(self) -> int:
+        return self.requests.backlog

@@ -1,0 +1,1163 @@
+"""One node's replica of a process group: LLMP ordering plus LDMP membership.
+
+The primary of the group decides the total order of everything the group receives: it delivers
+each input as the next index of the group's *ordered log* and piggybacks an ordering record on
+whatever it sends next. Backups buffer the same inputs (every member listens on the virtual
+port) and deliver exactly the primary's order, fetching by NACK whatever record or payload they
+miss. Backups confirm how far they got (SecondAck); the primary's *commit* index is the lowest
+point every member of the view holds, and the primary acknowledges a sender's message only once
+it is committed. So a message the sender has dropped from its sent list survives any failover.
+
+Membership is leader-determined. Every exclusion goes through the fence gate: a backup that
+suspects the primary, and is next in rank, asks its host to fence the primary (cut its power)
+and proposes itself only when the host reports it fenced; a primary removes a suspected backup
+only after fencing it. A node that was not fenced is therefore still in the view and holds every
+committed input, and a node that was fenced is off. The primary fences first; a backup waits an
+extra ``rank_delay`` per rank, so the two sides of a partition do not fence each other.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.protocols.config import ProtocolConfig, is_gateway_group
+from appliance.protocols.events import (
+    Committed,
+    Delivered,
+    Event,
+    FenceRequested,
+    RoleChanged,
+    SnapshotInstalled,
+    SnapshotRequested,
+    StateReset,
+    ViewInstalled,
+)
+from appliance.protocols.failure_detector import FailureDetector, Health
+from appliance.protocols.ldmp.view import Member, View
+from appliance.protocols.llmp.receiver import InboundConnection
+from appliance.protocols.llmp.rto import RttEstimator
+from appliance.protocols.llmp.sender import OutboundConnection
+from appliance.protocols.messages import (
+    AcceptAck,
+    Body,
+    AcceptBackup,
+    AckKind,
+    Data,
+    DataEntry,
+    FirstAck,
+    Heartbeat,
+    LogEntry,
+    Nack,
+    NackKind,
+    NewView,
+    Order,
+    PrimaryVote,
+    ProposeBackup,
+    ProposePrimary,
+    RemoveBackup,
+    Role,
+    SecondAck,
+    StateChunk,
+)
+from appliance.protocols.outbox import Outbox
+from appliance.protocols.wire.datagram import Datagram
+from appliance.protocols.wire.fields import Reader, Writer
+from appliance.protocols.wire.header import Header, OrderRecord
+
+ConnKey = tuple[int, int]  # (peer group, connection id)
+MAX_PIGGYBACK = 24
+MAX_REPAIR_ENTRIES = 64
+NEVER = float("inf")
+
+
+class Phase(enum.Enum):
+    FENCING = "fencing"
+    PROPOSING = "proposing"
+    RECOVERING = "recovering"
+
+
+@dataclass(slots=True)
+class Candidacy:
+    """A backup taking over: fence, propose, recover state, then announce the new view."""
+
+    targets: set[int]
+    started: float
+    phase: Phase = Phase.FENCING
+    number: int = 0
+    members: tuple[Member, ...] = ()
+    votes: dict[int, int] = field(default_factory=dict)
+    last_sent: float = -NEVER
+    source: int = 0
+    target: int = 0
+
+
+@dataclass(slots=True)
+class Admission:
+    """The primary's side of adding a backup: snapshot, transfer, wait for catch-up, accept."""
+
+    joiner: Member
+    snapshot_id: int
+    index: int
+    protocol_state: bytes
+    started: float
+    chunks: list[bytes] | None = None
+    installed: bool = False
+    last_sent: float = -NEVER
+
+
+@dataclass(slots=True)
+class Confirming:
+    """A joiner admitted to ``view``, waiting for every old member to acknowledge the view."""
+
+    joiner: Member
+    view: View
+    waiting: set[int]
+    last_sent: float = -NEVER
+
+
+@dataclass(slots=True)
+class Assembly:
+    """The joiner's side of a state transfer."""
+
+    source: Member
+    snapshot_id: int
+    index: int
+    total: int
+    started: float
+    chunks: dict[int, bytes] = field(default_factory=dict)
+    last_nack: float = -NEVER
+
+
+class GroupMember:
+    """A node's replica in one process group (the replicated service)."""
+
+    def __init__(
+        self,
+        cfg: ProtocolConfig,
+        me: Member,
+        out: Outbox,
+        events: deque[Event],
+        fd: FailureDetector,
+        now: float,
+    ) -> None:
+        self.cfg = cfg
+        self.me = me
+        self.group = cfg.service_group
+        self.out = out
+        self.events = events
+        self.fd = fd
+        self.role = Role.JOINING
+        self.view: View | None = None
+        self.promised = 0
+        self.max_view_seen = 0
+        self.delivered = 0
+        self.commit = 0
+        self.log: dict[int, LogEntry] = {}
+        self.pending: dict[int, OrderRecord | LogEntry] = {}
+        self.inbound: dict[ConnKey, InboundConnection] = {}
+        self.outbound: dict[ConnKey, OutboundConnection] = {}
+        self.acks: dict[int, int] = {}
+        self.progress: dict[int, tuple[int, float]] = {}
+        self.dead: set[int] = set()
+        self.fenced: set[int] = set()
+        self.fence_pending: dict[int, float] = {}
+        self.fence_failed: dict[int, float] = {}
+        self.candidacy: Candidacy | None = None
+        self.admission: Admission | None = None
+        self.confirming: Confirming | None = None
+        self.assembly: Assembly | None = None
+        self.learning_from: Member | None = None
+        self.learning_since = now
+        self.suspect_since: float | None = None
+        self.started = now
+        self.primary_hint: tuple[Member, float] | None = None
+        self.viewless_heard: dict[int, float] = {}
+        self.viewful_heard = -NEVER
+        self.last_join_sent = -NEVER
+        self.last_ack_sent = 0
+        self.last_ack_time = -NEVER
+        self.record_sent_upto = 0
+        self.last_nack: float = -NEVER
+        self.known_end = 0
+        self.ack_sent: dict[ConnKey, int] = {}
+        self.nacks_due: dict[ConnKey, float] = {}
+        self.snapshot_counter = 0
+        self.order_stalled = 0
+        self.dropped_stale_view = 0
+
+    # ------------------------------------------------------------------ host API
+
+    @property
+    def is_primary(self) -> bool:
+        return self.role is Role.PRIMARY
+
+    def send(self, dst_group: int, conn_id: int, payload: bytes, after: int | None = None) -> int:
+        """Application output on a virtual connection. A backup logs it without sending.
+
+        ``after`` is the log index whose delivery produced the output (default: the last one
+        delivered). The primary puts it on the wire only once that index is committed: output
+        from an input a failover could lose never leaves the group, so every output a
+        destination ever sees is one any future primary reproduces with the same number.
+        """
+        return self._outbound(dst_group, conn_id).send(
+            payload, self.delivered if after is None else after
+        )
+
+    def provide_snapshot(self, snapshot_id: int, app_state: bytes, now: float) -> None:
+        adm = self.admission
+        if adm is None or adm.snapshot_id != snapshot_id or not self.is_primary:
+            return
+        blob = Writer().blob(adm.protocol_state).blob(app_state).getvalue()
+        size = self.cfg.state_chunk
+        adm.chunks = [blob[i : i + size] for i in range(0, len(blob), size)] or [b""]
+        self._send_chunks(adm, range(len(adm.chunks)), now)
+
+    def fence_result(self, node: int, ok: bool, now: float) -> None:
+        self.fence_pending.pop(node, None)
+        if ok:
+            self.fenced.add(node)
+            self.fence_failed.pop(node, None)
+        else:
+            self.fence_failed[node] = now
+            if self.candidacy is not None and node in self.candidacy.targets:
+                self._abort_candidacy(f"fencing node {node} failed", now)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _set_role(self, role: Role, reason: str) -> None:
+        if role is not self.role:
+            self.role = role
+            self.events.append(RoleChanged(role, self.view, reason))
+
+    def _install_view(self, view: View, now: float) -> None:
+        old = self.view
+        self.view = view
+        self.max_view_seen = max(self.max_view_seen, view.number)
+        self.promised = max(self.promised, view.number)
+        members = set(view.nodes)
+        for n in list(self.acks):
+            if n not in members:
+                self.acks.pop(n)
+                self.progress.pop(n, None)
+        for n in members:
+            if n != self.me.node:
+                self.progress.setdefault(n, (self.acks.get(n, 0), now))
+        # A node out of the view no longer needs fencing bookkeeping.
+        if old is not None:
+            for n in set(old.nodes) - members:
+                self.dead.discard(n)
+                self.fenced.discard(n)
+        self.events.append(ViewInstalled(view))
+
+    def _outbound(self, dst_group: int, conn_id: int) -> OutboundConnection:
+        key = (dst_group, conn_id)
+        ob = self.outbound.get(key)
+        if ob is None:
+            rtt = RttEstimator(self.cfg.initial_rto, self.cfg.min_rto, self.cfg.max_rto)
+            ob = OutboundConnection(dst_group, conn_id, self.cfg.window, rtt)
+            self.outbound[key] = ob
+        return ob
+
+    def _inbound(self, src_group: int, conn_id: int) -> InboundConnection:
+        key = (src_group, conn_id)
+        ib = self.inbound.get(key)
+        if ib is None:
+            ib = InboundConnection(src_group, conn_id, self.cfg.window)
+            self.inbound[key] = ib
+        return ib
+
+    def _failed(self, node: int, now: float) -> bool:
+        if node in self.dead:
+            return True
+        if node == self.me.node or node not in self.fd.watched():
+            return False
+        return self.fd.health(node, now) is not Health.ALIVE
+
+    def _excludable(self, node: int) -> bool:
+        """The fence gate: a member leaves a view only once fenced (or provably gone)."""
+        return node in self.fenced or node in self.dead
+
+    def _request_fence(self, node: int, reason: str, now: float) -> None:
+        if self._excludable(node) or node in self.fence_pending:
+            return
+        failed_at = self.fence_failed.get(node)
+        if failed_at is not None and now < failed_at + self.cfg.fence_retry:
+            return
+        self.fence_pending[node] = now
+        self.events.append(FenceRequested(node, reason))
+
+    def _records(self, room: int) -> list[OrderRecord]:
+        """Ordering records not yet held by every member: piggybacked on what we send."""
+        if not self.is_primary or room <= 0:
+            return []
+        lo = max(self.commit, self.delivered - min(room, MAX_PIGGYBACK)) + 1
+        out = []
+        for i in range(lo, self.delivered + 1):
+            e = self.log.get(i)
+            if e is not None:
+                out.append(OrderRecord(i, e.src_group, e.conn_id, e.seq))
+        if out:
+            self.record_sent_upto = max(self.record_sent_upto, out[-1].index)
+        return out
+
+    def _emit(
+        self,
+        body: Body,
+        *,
+        dst_group: int | None = None,
+        conn_id: int = 0,
+        seq: int = 0,
+        ack: int = 0,
+    ) -> None:
+        """Send a message of this group; a primary piggybacks its ordering records."""
+        records = self._records(self.out.records_room(len(body.encode())))
+        self.out.emit(
+            body,
+            src_group=self.group,
+            dst_group=self.group if dst_group is None else dst_group,
+            conn_id=conn_id,
+            view=self.view.number if self.view is not None else self.promised,
+            seq=seq,
+            ack=ack,
+            records=records,
+        )
+
+    # ------------------------------------------------------------------ delivery
+
+    def _deliver(self, entry: LogEntry) -> None:
+        self.delivered = entry.index
+        self.log[entry.index] = entry
+        self._inbound(entry.src_group, entry.conn_id).mark_delivered(entry.seq)
+        if is_gateway_group(entry.src_group):
+            self._forget_older_connections(entry.src_group, entry.conn_id)
+        self.events.append(
+            Delivered(entry.index, entry.src_group, entry.conn_id, entry.seq, entry.payload)
+        )
+
+    def _forget_older_connections(self, src_group: int, conn_id: int) -> None:
+        """A gateway restarted (new connection id): its old connections are dead.
+
+        Done at a point of the ordered log, so every replica forgets at the same point.
+        """
+        for key in [k for k in self.inbound if k[0] == src_group and k[1] < conn_id]:
+            del self.inbound[key]
+            self.ack_sent.pop(key, None)
+        for key in [k for k in self.outbound if k[0] == src_group and k[1] < conn_id]:
+            del self.outbound[key]
+
+    def _order_ready(self) -> None:
+        """The primary delivers every in-sequence input: this *is* the total order."""
+        if not self.is_primary:
+            return
+        for key in sorted(self.inbound):
+            ib = self.inbound.get(key)
+            while ib is not None and (nxt := ib.peek_next()) is not None:
+                if self.delivered - self.commit >= self.cfg.max_log:
+                    self.order_stalled += 1
+                    return
+                seq, payload = nxt
+                self._deliver(LogEntry(self.delivered + 1, key[0], key[1], seq, payload))
+                ib = self.inbound.get(key)
+
+    def _try_deliver(self) -> None:
+        """A backup (or learner, or recovering candidate) delivers in the primary's order."""
+        while True:
+            idx = self.delivered + 1
+            item = self.pending.get(idx)
+            if item is None:
+                return
+            if isinstance(item, LogEntry):
+                entry = item
+            else:
+                ib = self._inbound(item.src_group, item.conn_id)
+                if item.seq <= ib.delivered:
+                    # Already delivered under another index: the record contradicts our log.
+                    self.pending.pop(idx)
+                    return
+                payload = ib.payload(item.seq)
+                if payload is None or item.seq != ib.delivered + 1:
+                    return
+                entry = LogEntry(idx, item.src_group, item.conn_id, item.seq, payload)
+            self.pending.pop(idx)
+            self._deliver(entry)
+
+    def _advance_commit(self, new: int) -> None:
+        new = min(new, self.delivered)
+        if new <= self.commit:
+            return
+        for i in range(self.commit + 1, new + 1):
+            e = self.log.get(i)
+            if e is not None:
+                ib = self.inbound.get((e.src_group, e.conn_id))
+                if ib is not None:
+                    ib.stable = max(ib.stable, e.seq)
+        self.commit = new
+        self.events.append(Committed(new))
+        keep_from = new
+        if self.admission is not None:
+            keep_from = min(keep_from, self.admission.index)
+        for i in [i for i in self.log if i <= keep_from]:
+            del self.log[i]
+
+    def _primary_commit(self) -> None:
+        if not self.is_primary or self.view is None:
+            return
+        low = self.delivered
+        for m in self.view.backups:
+            low = min(low, self.acks.get(m.node, 0))
+        self._advance_commit(low)
+
+    # ------------------------------------------------------------------ receive
+
+    def on_datagram(self, d: Datagram, body: object, now: float) -> None:
+        h = d.header
+        if h.src_group == self.group:
+            self._from_member(d, body, now)
+        elif h.dst_group == self.group:
+            self._from_client_group(d, body, now)
+
+    def _from_client_group(self, d: Datagram, body: object, now: float) -> None:
+        """Traffic from another group (a gateway) into ours, heard by every member."""
+        h = d.header
+        if self.role is Role.JOINING:
+            return
+        ob = self.outbound.get((h.src_group, h.conn_id))
+        if isinstance(body, Data):
+            if ob is not None:
+                ob.on_ack(h.ack, now)
+            ib = self._inbound(h.src_group, h.conn_id)
+            for e in body.entries:
+                ib.offer(e.seq, e.payload)
+            if self.is_primary and ib.gaps():
+                self.nacks_due.setdefault((h.src_group, h.conn_id), now + self.cfg.nack_delay)
+        elif isinstance(body, FirstAck):
+            if ob is not None:
+                ob.on_ack(h.ack, now, body.credit)
+        elif isinstance(body, Nack) and body.kind is NackKind.MESSAGES and self.is_primary:
+            if ob is not None:
+                ob.on_nack(body.ranges)
+
+    def _from_primary(self, h: Header) -> bool:
+        """Is this datagram from the primary whose order we follow right now?"""
+        if self.role is Role.LEARNING and self.learning_from is not None:
+            src = self.learning_from
+            return h.src_node == src.node and h.incarnation == src.incarnation
+        if self.view is None or self.role not in (Role.BACKUP, Role.CANDIDATE):
+            return False
+        p = self.view.primary
+        return (
+            h.src_node == p.node
+            and h.incarnation == p.incarnation
+            and h.view >= self.view.number
+            and h.view >= self.promised
+        )
+
+    def _from_member(self, d: Datagram, body: object, now: float) -> None:
+        h = d.header
+        node = h.src_node
+        self.max_view_seen = max(self.max_view_seen, h.view)
+        if self.view is not None:
+            m = self.view.member(node)
+            if m is not None and h.incarnation != m.incarnation and node != self.me.node:
+                # The member restarted: the incarnation in our view is gone for good.
+                self.dead.add(node)
+        from_primary = self._from_primary(h)
+        if from_primary:
+            for r in d.records:
+                if r.index > self.delivered and r.index not in self.pending:
+                    self.pending[r.index] = r
+                self.known_end = max(self.known_end, r.index)
+        handler = _HANDLERS.get(type(body))
+        if handler is not None:
+            handler(self, h, body, now, from_primary)
+        if from_primary and self.role in (Role.BACKUP, Role.LEARNING, Role.CANDIDATE):
+            self._try_deliver()
+
+    # -- per message type -------------------------------------------------------------
+
+    def _on_data(self, h: Header, body: Data, now: float, from_primary: bool) -> None:
+        # A backup logs what its primary sends, so it can re-send it after a failover.
+        if from_primary and self.role is not Role.JOINING:
+            ob = self._outbound(h.dst_group, h.conn_id)
+            for e in body.entries:
+                ob.log(e.seq, e.payload)
+
+    def _on_first_ack(self, h: Header, body: FirstAck, now: float, from_primary: bool) -> None:
+        return None
+
+    def _on_second_ack(self, h: Header, body: SecondAck, now: float, from_primary: bool) -> None:
+        self._note_ack(h.src_node, body.delivered, now)
+
+    def _note_ack(self, node: int, delivered: int, now: float) -> None:
+        if not self.is_primary:
+            return
+        if (
+            self.view is not None
+            and node in self.view
+            or (self.admission is not None and self.admission.joiner.node == node)
+        ):
+            if delivered > self.acks.get(node, -1):
+                self.acks[node] = delivered
+                self.progress[node] = (delivered, now)
+            self._primary_commit()
+
+    def _on_nack(self, h: Header, body: Nack, now: float, from_primary: bool) -> None:
+        if body.target != self.me.node:
+            return
+        if body.kind is NackKind.ENTRIES:
+            self._send_repair(body.ranges)
+        elif body.kind is NackKind.STATE and self.admission is not None:
+            adm = self.admission
+            if adm.snapshot_id == body.snapshot_id and adm.chunks is not None:
+                idx = [i for lo, hi in body.ranges for i in range(lo, min(hi, 10**6) + 1)]
+                self._send_chunks(adm, [i for i in idx if i < len(adm.chunks)], now)
+
+    def _send_repair(self, ranges: tuple[tuple[int, int], ...]) -> None:
+        entries: list[LogEntry] = []
+        size = 0
+        for lo, hi in ranges:
+            for i in range(lo, min(hi, self.delivered) + 1):
+                e = self.log.get(i)
+                if e is None:
+                    continue
+                if (
+                    size + len(e.payload) + 40 > self.cfg.batch_bytes
+                    or len(entries) >= MAX_REPAIR_ENTRIES
+                ):
+                    self._emit(Order(self.commit, tuple(entries)))
+                    entries, size = [], 0
+                entries.append(e)
+                size += len(e.payload) + 40
+        if entries:
+            self._emit(Order(self.commit, tuple(entries)))
+
+    def _on_order(self, h: Header, body: Order, now: float, from_primary: bool) -> None:
+        c = self.candidacy
+        trusted = from_primary or (
+            c is not None and c.phase is Phase.RECOVERING and h.src_node == c.source
+        )
+        if not trusted:
+            return
+        for e in body.entries:
+            if e.index > self.delivered:
+                self.pending[e.index] = e
+                self.known_end = max(self.known_end, e.index)
+        if c is not None and c.phase is Phase.RECOVERING:
+            self._try_deliver()
+            self._maybe_finish_recovery(now)
+        elif from_primary:
+            self._try_deliver()
+            self._advance_commit(body.commit)
+
+    def _on_heartbeat(self, h: Header, body: Heartbeat, now: float, from_primary: bool) -> None:
+        node = h.src_node
+        if body.role in (Role.JOINING,):
+            self.viewless_heard[node] = now
+        else:
+            self.viewful_heard = now
+        if body.role is Role.PRIMARY:
+            self._on_primary_announcement(h, body.members, now)
+            if from_primary:
+                self.known_end = max(self.known_end, body.delivered)
+                self._advance_commit(body.commit)
+        elif body.role in (Role.BACKUP, Role.LEARNING):
+            self._note_ack(node, body.delivered, now)
+
+    def _on_primary_announcement(self, h: Header, members: tuple[Member, ...], now: float) -> None:
+        """Someone says it is primary of view ``h.view``: follow it, step down, or rejoin."""
+        node = h.src_node
+        if not members or members[0].node != node:
+            return
+        if self.role in (Role.JOINING, Role.LEARNING):
+            self.primary_hint = (members[0], now)
+            if (
+                self.role is Role.LEARNING
+                and self.learning_from is not None
+                and members[0] != self.learning_from
+            ):
+                self._reset(f"node {node} became primary while we were learning", now)
+            return
+        view = self.view
+        if view is None:
+            return
+        if h.view <= view.number or h.view < self.promised:
+            return
+        new_view = View(h.view, members)
+        if self.me not in members:
+            self._reset(f"{new_view.describe()} does not include us", now)
+            return
+        if self.is_primary:
+            self._reset(f"node {node} is primary of newer {new_view.describe()}", now)
+            return
+        self._follow(new_view, now)
+
+    def _follow(self, view: View, now: float) -> None:
+        """Install a view as a backup (a newer one from a heartbeat, NEW_VIEW, or a change)."""
+        primary_changed = self.view is None or self.view.primary != view.primary
+        if self.candidacy is not None:
+            self.candidacy = None
+        if primary_changed:
+            # Records from an older primary that we never delivered are void now.
+            self.pending = {i: p for i, p in self.pending.items() if i <= self.delivered}
+            self.known_end = self.delivered
+        self._install_view(view, now)
+        self.suspect_since = None
+        self._set_role(Role.BACKUP, f"following node {view.primary.node} in {view.describe()}")
+
+    def _on_propose_primary(
+        self, h: Header, body: ProposePrimary, now: float, from_primary: bool
+    ) -> None:
+        proposer = h.src_node
+        n = h.view
+        if not any(m == self.me for m in body.members):
+            return
+        if self.role in (Role.JOINING, Role.LEARNING):
+            return
+        if n <= self.promised or (self.view is not None and n <= self.view.number):
+            promised = max(self.promised, self.view.number if self.view else 0)
+            self._emit(PrimaryVote(proposer, False, promised, self.delivered))
+            return
+        if self.is_primary:
+            self._reset(f"node {proposer} proposes itself primary of view {n}", now)
+            return
+        self.promised = n
+        if self.candidacy is not None:
+            self._abort_candidacy(f"node {proposer} proposed view {n}", now)
+        self._emit(PrimaryVote(proposer, True, n, self.delivered))
+
+    def _on_primary_vote(
+        self, h: Header, body: PrimaryVote, now: float, from_primary: bool
+    ) -> None:
+        c = self.candidacy
+        if c is None or body.proposer != self.me.node or c.phase is not Phase.PROPOSING:
+            return
+        if not body.accept:
+            if body.promised >= c.number:
+                self.promised = max(self.promised, body.promised)
+                self._propose(now)
+            return
+        if body.promised != c.number or not any(m.node == h.src_node for m in c.members):
+            return
+        c.votes[h.src_node] = body.delivered
+        self._maybe_recover(now)
+
+    def _on_new_view(self, h: Header, body: NewView, now: float, from_primary: bool) -> None:
+        if self.role in (Role.JOINING,):
+            return
+        self._on_primary_announcement(h, body.members, now)
+        if self.view is not None and self.view.number == h.view:
+            self.known_end = max(self.known_end, body.log_end)
+
+    def _on_propose_backup(
+        self, h: Header, body: ProposeBackup, now: float, from_primary: bool
+    ) -> None:
+        if not self.is_primary or self.view is None:
+            return
+        joiner = Member(h.src_node, h.incarnation)
+        if h.src_node in self.view:
+            # A member asking to join has lost its state (restarted or reset): it is gone.
+            self.dead.add(h.src_node)
+            return
+        adm = self.admission
+        if adm is not None:
+            restarted = adm.joiner == joiner and adm.installed  # it reset after installing
+            if not restarted and now < adm.started + self.cfg.join_timeout:
+                return
+        self.snapshot_counter += 1
+        self.admission = Admission(
+            joiner, self.snapshot_counter, self.delivered, self._protocol_state(), now
+        )
+        self.acks.pop(joiner.node, None)
+        self.events.append(SnapshotRequested(self.snapshot_counter, joiner.node, self.delivered))
+
+    def _on_accept_backup(
+        self, h: Header, body: AcceptBackup, now: float, from_primary: bool
+    ) -> None:
+        if self.role is Role.LEARNING:
+            if body.confirmed and from_primary and any(m == self.me for m in body.members):
+                self._accepted(View(h.view, body.members), now)
+                self._emit(AcceptAck(AckKind.VIEW, 0, self.delivered))
+            return
+        self._on_primary_announcement(h, body.members, now)
+        if self.view is not None and self.view.number == h.view and self.role is Role.BACKUP:
+            self._emit(AcceptAck(AckKind.VIEW, 0, self.delivered))
+
+    def _on_remove_backup(
+        self, h: Header, body: RemoveBackup, now: float, from_primary: bool
+    ) -> None:
+        self._on_primary_announcement(h, body.members, now)
+
+    def _on_accept_ack(self, h: Header, body: AcceptAck, now: float, from_primary: bool) -> None:
+        conf = self.confirming
+        if self.is_primary and conf is not None and body.kind is AckKind.VIEW:
+            if h.view == conf.view.number:
+                conf.waiting.discard(h.src_node)
+                if h.src_node == conf.joiner.node:
+                    self.confirming = None
+            return
+        adm = self.admission
+        if (
+            self.is_primary
+            and adm is not None
+            and body.kind is AckKind.STATE_INSTALLED
+            and adm.joiner == Member(h.src_node, h.incarnation)
+            and adm.snapshot_id == body.snapshot_id
+        ):
+            adm.installed = True
+            self.acks[h.src_node] = max(self.acks.get(h.src_node, 0), body.delivered)
+
+    def _on_state(self, h: Header, body: StateChunk, now: float, from_primary: bool) -> None:
+        if body.target != self.me.node or self.role is not Role.JOINING:
+            return
+        src = Member(h.src_node, h.incarnation)
+        a = self.assembly
+        if a is None or a.snapshot_id != body.snapshot_id or a.source != src:
+            a = self.assembly = Assembly(src, body.snapshot_id, body.index, body.total, now)
+            a.last_nack = now
+        a.chunks[body.chunk] = body.data
+        if len(a.chunks) == a.total:
+            self._install_snapshot(a, now)
+
+    # ------------------------------------------------------------------ state transfer
+
+    def _protocol_state(self) -> bytes:
+        """The replicated protocol state at our delivered index (snapshot companion)."""
+        w = Writer().u64(self.delivered).u32(len(self.inbound))
+        for (g, c), ib in sorted(self.inbound.items()):
+            w.u16(g).u32(c).u64(ib.delivered).u64(ib.stable)
+        w.u32(len(self.outbound))
+        for (g, c), ob in sorted(self.outbound.items()):
+            pend = ob.pending()
+            w.u16(g).u32(c).u64(ob.next_seq).u64(ob.acked).u32(len(pend))
+            for s, p in pend:
+                w.u64(s).blob(p)
+        return w.getvalue()
+
+    def _install_snapshot(self, a: Assembly, now: float) -> None:
+        blob = b"".join(a.chunks[i] for i in range(a.total))
+        r = Reader(blob)
+        proto, app = r.blob(), r.blob()
+        r.finish()
+        r = Reader(proto)
+        index = r.u64()
+        self.inbound.clear()
+        self.outbound.clear()
+        for _ in range(r.count(1 << 20)):
+            g, c, delivered, stable = r.u16(), r.u32(), r.u64(), r.u64()
+            ib = self._inbound(g, c)
+            ib.delivered, ib.stable = delivered, stable
+        for _ in range(r.count(1 << 20)):
+            g, c, nxt, acked = r.u16(), r.u32(), r.u64(), r.u64()
+            pend = [(r.u64(), r.blob()) for _ in range(r.count(1 << 20))]
+            self._outbound(g, c).restore(nxt, acked, pend)
+        r.finish()
+        self.delivered = self.commit = self.known_end = index
+        self.log.clear()
+        self.pending.clear()
+        self.assembly = None
+        self.learning_from = a.source
+        self.learning_since = now
+        self.events.append(SnapshotInstalled(index, app))
+        self._set_role(Role.LEARNING, f"state from node {a.source.node} installed at {index}")
+        self._emit(AcceptAck(AckKind.STATE_INSTALLED, a.snapshot_id, self.delivered))
+
+    def _send_chunks(self, adm: Admission, which: Iterable[int], now: float) -> None:
+        assert adm.chunks is not None
+        adm.last_sent = now
+        for i in which:
+            self._emit(
+                StateChunk(
+                    adm.joiner.node, adm.snapshot_id, adm.index, i, len(adm.chunks), adm.chunks[i]
+                )
+            )
+
+    def _accepted(self, view: View, now: float) -> None:
+        self.learning_from = None
+        self._install_view(view, now)
+        self._set_role(Role.BACKUP, f"accepted into {view.describe()}")
+
+    # ------------------------------------------------------------------ membership changes
+
+    def _reset(self, reason: str, now: float) -> None:
+        """Leave the group: forget the state and start over as a joiner."""
+        self.view = None
+        self.candidacy = None
+        self.admission = None
+        self.confirming = None
+        self.assembly = None
+        self.learning_from = None
+        self.delivered = self.commit = self.known_end = self.record_sent_upto = 0
+        self.last_ack_sent = 0
+        self.log.clear()
+        self.pending.clear()
+        self.inbound.clear()
+        self.outbound.clear()
+        self.acks.clear()
+        self.progress.clear()
+        self.dead.clear()
+        self.fenced.clear()
+        self.fence_pending.clear()
+        self.ack_sent.clear()
+        self.nacks_due.clear()
+        self.primary_hint = None
+        self.started = now
+        self.events.append(StateReset(reason))
+        self._set_role(Role.JOINING, reason)
+
+    def _remove_backup(self, node: int, now: float) -> None:
+        assert self.view is not None
+        view = self.view.without({node}, self.view.number + 1)
+        self._install_view(view, now)
+        self._emit(RemoveBackup(view.members, node))
+        self._primary_commit()
+
+    def _abort_candidacy(self, reason: str, now: float) -> None:
+        self.candidacy = None
+        self.suspect_since = None
+        if self.view is not None:
+            self._set_role(Role.BACKUP, f"candidacy abandoned: {reason}")
+        else:
+            self._set_role(Role.JOINING, f"founding abandoned: {reason}")
+
+    def _propose(self, now: float) -> None:
+        c = self.candidacy
+        assert c is not None
+        c.phase = Phase.PROPOSING
+        c.number = max(self.promised, self.max_view_seen, self.view.number if self.view else 0) + 1
+        self.promised = c.number
+        base = self.view.members if self.view is not None else (self.me,)
+        c.members = (self.me, *(m for m in base if m.node not in c.targets and m != self.me))
+        c.votes = {self.me.node: self.delivered}
+        c.started = now
+        c.last_sent = now
+        self.out.emit(
+            ProposePrimary(c.members),
+            src_group=self.group,
+            dst_group=self.group,
+            view=c.number,
+        )
+        self._maybe_recover(now)
+
+    def _maybe_recover(self, now: float) -> None:
+        c = self.candidacy
+        if c is None or c.phase is not Phase.PROPOSING:
+            return
+        if any(m.node not in c.votes for m in c.members):
+            return
+        c.phase = Phase.RECOVERING
+        c.source, c.target = max(c.votes.items(), key=lambda kv: (kv[1], -kv[0]))
+        self.pending = {i: p for i, p in self.pending.items() if i <= self.delivered}
+        c.last_sent = -NEVER
+        self._maybe_finish_recovery(now)
+
+    def _maybe_finish_recovery(self, now: float) -> None:
+        c = self.candidacy
+        if c is None or c.phase is not Phase.RECOVERING or self.delivered < c.target:
+            return
+        view = View(c.number, c.members)
+        self.candidacy = None
+        self.pending.clear()
+        self._install_view(view, now)
+        self.acks = {n: d for n, d in c.votes.items() if n != self.me.node}
+        self.progress = {n: (d, now) for n, d in self.acks.items()}
+        self._set_role(Role.PRIMARY, f"primary of {view.describe()}")
+        self.record_sent_upto = self.commit
+        for ob in self.outbound.values():
+            ob.take_over()
+        self._emit(NewView(view.members, self.delivered))
+        self._primary_commit()
+        self._order_ready()
+
+    # ------------------------------------------------------------------ timers
+
+    def tick(self, now: float) -> None:
+        if self.role is Role.PRIMARY:
+            self._tick_primary(now)
+        elif self.role is Role.BACKUP:
+            self._tick_backup(now)
+        elif self.role is Role.CANDIDATE:
+            self._tick_candidate(now)
+        elif self.role is Role.JOINING:
+            self._tick_joining(now)
+        elif self.role is Role.LEARNING:
+            self._tick_learning(now)
+
+    def _lagging(self, node: int, now: float) -> bool:
+        acked, since = self.progress.get(node, (0, now))
+        if acked >= self.delivered:
+            self.progress[node] = (acked, now)
+            return False
+        return now - since > self.cfg.lag_timeout
+
+    def _tick_primary(self, now: float) -> None:
+        assert self.view is not None
+        for m in self.view.backups:
+            n = m.node
+            failed = self._failed(n, now)
+            if failed or self._lagging(n, now):
+                if self._excludable(n):
+                    self._remove_backup(n, now)
+                else:
+                    why = "silent" if failed else "not keeping up"
+                    self._request_fence(n, f"backup {n} is {why}", now)
+        self._tick_admission(now)
+        self._tick_confirming(now)
+
+    def _tick_admission(self, now: float) -> None:
+        adm = self.admission
+        if adm is None or self.view is None:
+            return
+        j = adm.joiner.node
+        if now > adm.started + self.cfg.join_timeout or self._failed(j, now):
+            self.admission = None
+        elif adm.installed:
+            if self.acks.get(j, 0) >= self.commit and self.confirming is None:
+                # Every existing member must know the joiner before it acts as a member: a
+                # backup that missed it could otherwise take over without it, unfenced.
+                view = self.view.plus(adm.joiner, self.view.number + 1)
+                waiting = {m.node for m in self.view.backups}
+                self.admission = None
+                self._install_view(view, now)
+                self.confirming = Confirming(adm.joiner, view, waiting)
+                self._emit(AcceptBackup(view.members, j))
+        elif adm.chunks is not None and now > adm.last_sent + self.cfg.join_retry * 5:
+            self._send_chunks(adm, range(len(adm.chunks)), now)
+
+    def _tick_confirming(self, now: float) -> None:
+        conf = self.confirming
+        if conf is None or self.view is None:
+            return
+        if conf.joiner.node not in self.view:
+            self.confirming = None
+        elif now >= conf.last_sent + self.cfg.proposal_retry:
+            conf.view = self.view  # a removal meanwhile renumbers the view: re-announce
+            conf.last_sent = now
+            conf.waiting &= set(self.view.nodes)
+            done = not (conf.waiting - {conf.joiner.node})
+            self._emit(AcceptBackup(self.view.members, conf.joiner.node, confirmed=done))
+
+    def _tick_backup(self, now: float) -> None:
+        assert self.view is not None
+        rank = self.view.rank(self.me.node)
+        if rank is None:
+            return
+        above = self.view.members[: rank - 1]
+        if above and all(self._failed(m.node, now) for m in above):
+            if self.suspect_since is None:
+                self.suspect_since = now
+            if now >= self.suspect_since + (rank - 2) * self.cfg.rank_delay:
+                targets = {
+                    m.node for m in self.view.members if m != self.me and self._failed(m.node, now)
+                }
+                self.candidacy = Candidacy(targets, now)
+                self._set_role(
+                    Role.CANDIDATE,
+                    f"primary {self.view.primary.node} suspected; fencing {sorted(targets)}",
+                )
+                self._tick_candidate(now)
+        else:
+            self.suspect_since = None
+
+    def _tick_candidate(self, now: float) -> None:
+        c = self.candidacy
+        if c is None:
+            return
+        if c.phase is Phase.FENCING:
+            for t in sorted(c.targets):
+                self._request_fence(t, f"replacing failed node {t}", now)
+            if all(self._excludable(t) for t in c.targets):
+                self._propose(now)
+        elif c.phase is Phase.PROPOSING:
+            missing = [m.node for m in c.members if m.node not in c.votes]
+            if now > c.started + self.cfg.vote_timeout:
+                silent = {n for n in missing if self._failed(n, now)} or set(missing)
+                c.targets |= silent
+                c.phase = Phase.FENCING
+                self._tick_candidate(now)
+            elif now >= c.last_sent + self.cfg.proposal_retry:
+                c.last_sent = now
+                self.out.emit(
+                    ProposePrimary(c.members),
+                    src_group=self.group,
+                    dst_group=self.group,
+                    view=c.number,
+                )
+        elif c.phase is Phase.RECOVERING:
+            if self._failed(c.source, now):
+                c.targets.add(c.source)
+                c.phase = Phase.FENCING
+                self._tick_candidate(now)
+            elif now >= c.last_sent + self.cfg.proposal_retry:
+                c.last_sent = now
+                self._emit(Nack(c.source, NackKind.ENTRIES, ((self.delivered + 1, c.target),)))
+
+    def _tick_joining(self, now: float) -> None:
+        a = self.assembly
+        if a is not None:
+            if self._failed(a.source.node, now) or now > a.started + self.cfg.join_timeout:
+                self.assembly = None
+            elif now >= a.last_nack + self.cfg.join_retry:
+                a.last_nack = now
+                missing = [i for i in range(a.total) if i not in a.chunks]
+                ranges = tuple((i, i) for i in missing[:16])
+                self._emit(Nack(a.source.node, NackKind.STATE, ranges, a.snapshot_id))
+                return
+        hint = self.primary_hint
+        if hint is not None and now - hint[1] < self.cfg.silence_timeout:
+            if now >= self.last_join_sent + self.cfg.join_retry:
+                self.last_join_sent = now
+                self.out.emit(ProposeBackup(), src_group=self.group, dst_group=self.group)
+            return
+        # Found a new group only when every configured node is up, heard, and has no view:
+        # state lives in memory, so a node that cannot be heard may be a partitioned primary
+        # holding every acknowledged write; founding without it (or fencing it) could lose them.
+        quiet_since = max(self.started, self.viewful_heard)
+        if now < quiet_since + self.cfg.found_timeout:
+            return
+        heard = {n for n, t in self.viewless_heard.items() if now - t < self.cfg.silence_timeout}
+        if heard | {self.me.node} == set(self.cfg.nodes) and self.me.node == min(self.cfg.nodes):
+            self._found(now)
+
+    def _found(self, now: float) -> None:
+        number = max(self.promised, self.max_view_seen) + 1
+        self.candidacy = None
+        view = View(number, (self.me,))
+        self._install_view(view, now)
+        self._set_role(Role.PRIMARY, f"founded {view.describe()}")
+
+    def _tick_learning(self, now: float) -> None:
+        src = self.learning_from
+        if (
+            src is None
+            or now > self.learning_since + self.cfg.join_timeout
+            or self._failed(src.node, now)
+        ):
+            self._reset("state transfer did not complete", now)
+
+    # ------------------------------------------------------------------ flush
+
+    def flush(self, now: float) -> None:
+        """Emit what is due: ordering, replies, acks, NACKs, confirmations."""
+        if self.is_primary:
+            self._order_ready()
+            self._primary_commit()
+            self._flush_outbound(now)
+            self._flush_acks(now)
+            if self.delivered > max(self.record_sent_upto, self.commit):
+                self._emit(Order(self.commit))
+        elif self.role in (Role.BACKUP, Role.LEARNING, Role.CANDIDATE):
+            self._try_deliver()
+            if self.delivered > self.last_ack_sent and self.role is not Role.CANDIDATE:
+                self.last_ack_sent = self.delivered
+                self.last_ack_time = now
+                self._emit(SecondAck(self.delivered))
+            self._maybe_nack_entries(now)
+
+    def _maybe_nack_entries(self, now: float) -> None:
+        if self.role not in (Role.BACKUP, Role.LEARNING):
+            return
+        primary = self.learning_from if self.role is Role.LEARNING else None
+        if primary is None and self.view is not None:
+            primary = self.view.primary
+        if primary is None:
+            return
+        end = max(self.known_end, max(self.pending, default=0))
+        if end <= self.delivered or now < self.last_nack + self.cfg.nack_delay * 4:
+            return
+        self.last_nack = now
+        self._emit(Nack(primary.node, NackKind.ENTRIES, ((self.delivered + 1, end),)))
+
+    def _flush_outbound(self, now: float) -> None:
+        for (g, c), ob in self.outbound.items():
+            ob.released = self.commit
+            due = ob.due(now)
+            if not due:
+                continue
+            ib = self.inbound.get((g, c))
+            ack = ib.stable if ib is not None else 0
+            batch: list[DataEntry] = []
+            size = 0
+            for m in due:
+                if batch and size + len(m.payload) + 12 > self.cfg.batch_bytes:
+                    self._emit(
+                        Data(tuple(batch)), dst_group=g, conn_id=c, seq=batch[0].seq, ack=ack
+                    )
+                    batch, size = [], 0
+                batch.append(DataEntry(m.seq, m.payload))
+                size += len(m.payload) + 12
+                ob.mark_sent(m, now)
+            if batch:
+                self._emit(Data(tuple(batch)), dst_group=g, conn_id=c, seq=batch[0].seq, ack=ack)
+            if ib is not None:
+                self.ack_sent[(g, c)] = ack
+
+    def _flush_acks(self, now: float) -> None:
+        for key, ib in self.inbound.items():
+            if ib.stable > self.ack_sent.get(key, 0):
+                self.ack_sent[key] = ib.stable
+                self._emit(FirstAck(ib.credit), dst_group=key[0], conn_id=key[1], ack=ib.stable)
+            due = self.nacks_due.get(key)
+            if due is not None and due <= now:
+                del self.nacks_due[key]
+                gaps = ib.gaps()
+                if gaps:
+                    self._emit(
+                        Nack(key[0] & 0x7FFF, NackKind.MESSAGES, tuple(gaps)),
+                        dst_group=key[0],
+                        conn_id=key[1],
+                    )
+
+    def heartbeat(self, now: float) -> None:
+        """Liveness; a primary's carries its view, log end and commit point."""
+        members = self.view.members if self.view is not None and self.is_primary else ()
+        self._emit(Heartbeat(self.role, members, self.delivered, self.commit))
+
+    def next_deadline(self) -> float | None:
+        best: float | None = None
+        if self.is_primary:
+            for ob in self.outbound.values():
+                ob.released = self.commit
+                t = ob.next_deadline()
+                if t is not None and (best is None or t < best):
+                    best = t
+            for t in self.nacks_due.values():
+                if best is None or t < best:
+                    best = t
+        return best
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, object]:
+        return {
+            "role": self.role.name.lower(),
+            "view": self.view.number if self.view else None,
+            "members": [m.node for m in self.view.members] if self.view else [],
+            "primary": self.view.primary.node if self.view else None,
+            "rank": self.view.rank(self.me.node) if self.view else None,
+            "delivered": self.delivered,
+            "commit": self.commit,
+            "log_entries": len(self.log),
+        }
+
+
+_Handler = Callable[[GroupMember, Header, Any, float, bool], None]
+_HANDLERS: dict[type, _Handler] = {
+    Data: GroupMember._on_data,
+    FirstAck: GroupMember._on_first_ack,
+    SecondAck: GroupMember._on_second_ack,
+    Nack: GroupMember._on_nack,
+    Order: GroupMember._on_order,
+    Heartbeat: GroupMember._on_heartbeat,
+    ProposePrimary: GroupMember._on_propose_primary,
+    PrimaryVote: GroupMember._on_primary_vote,
+    NewView: GroupMember._on_new_view,
+    ProposeBackup: GroupMember._on_propose_backup,
+    AcceptBackup: GroupMember._on_accept_backup,
+    RemoveBackup: GroupMember._on_remove_backup,
+    AcceptAck: GroupMember._on_accept_ack,
+    StateChunk: GroupMember._on_state,
+}

@@ -1,0 +1,1 @@
+"""LDMP: leader-determined membership (views, primary change, joins and removals)."""

@@ -1,0 +1,425 @@
+"""Message bodies, one frozen dataclass per message type.
+
+The envelope (header, piggybacked ordering records, HMAC) lives in :mod:`.wire`; this module
+gives each message type its body. Decoding a body raises only :class:`WireError`, like the
+envelope, so a node drops and counts a malformed body exactly as it drops a bad datagram.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, Self
+
+from appliance.protocols.ldmp.view import Member, read_members, write_members
+from appliance.protocols.wire.errors import RejectReason, WireError
+from appliance.protocols.wire.fields import Reader, Writer
+from appliance.protocols.wire.header import MessageType
+
+MAX_BATCH = 1024
+MAX_RANGES = 64
+
+
+class Body(Protocol):
+    TYPE: ClassVar[MessageType]
+
+    def encode(self) -> bytes: ...
+
+
+class Role(enum.IntEnum):
+    """What a node is doing in its process group."""
+
+    JOINING = 0  # no view yet: discovering, or proposing itself as a backup
+    LEARNING = 1  # state transferred, catching up before the primary accepts it
+    BACKUP = 2
+    CANDIDATE = 3  # a backup fencing the old primary / proposing itself / recovering state
+    PRIMARY = 4
+
+
+class NackKind(enum.IntEnum):
+    MESSAGES = 1  # sequence numbers of a virtual connection (header names it)
+    ENTRIES = 2  # indices of the group's ordered log
+    STATE = 3  # chunks of a state-transfer snapshot
+
+
+class AckKind(enum.IntEnum):
+    STATE_INSTALLED = 1
+    VIEW = 2
+
+
+@dataclass(frozen=True, slots=True)
+class DataEntry:
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A batch of application messages on one virtual connection (header: groups, conn)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.DATA
+    entries: tuple[DataEntry, ...]
+
+    def encode(self) -> bytes:
+        w = Writer().u32(len(self.entries))
+        for e in self.entries:
+            w.u64(e.seq).blob(e.payload)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        n = r.count(MAX_BATCH)
+        entries = tuple(DataEntry(r.u64(), r.blob()) for _ in range(n))
+        r.finish()
+        return cls(entries)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstAck:
+    """Standalone cumulative ack (header.ack) with the receiver's remaining credit."""
+
+    TYPE: ClassVar[MessageType] = MessageType.FIRST_ACK
+    credit: int
+
+    def encode(self) -> bytes:
+        return Writer().u32(self.credit).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        v = cls(r.u32())
+        r.finish()
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class SecondAck:
+    """A backup confirms what it holds: its delivered index in the group's ordered log."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SECOND_ACK
+    delivered: int
+
+    def encode(self) -> bytes:
+        return Writer().u64(self.delivered).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        v = cls(r.u64())
+        r.finish()
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Asks ``target`` to resend the listed ranges (inclusive) of messages, entries or chunks."""
+
+    TYPE: ClassVar[MessageType] = MessageType.NACK
+    target: int
+    kind: NackKind
+    ranges: tuple[tuple[int, int], ...]
+    snapshot_id: int = 0
+
+    def encode(self) -> bytes:
+        w = Writer().u16(self.target).u8(self.kind).u32(self.snapshot_id).u32(len(self.ranges))
+        for lo, hi in self.ranges:
+            w.u64(lo).u64(hi)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        target = r.u16()
+        kind_raw = r.u8()
+        try:
+            kind = NackKind(kind_raw)
+        except ValueError:
+            raise WireError(RejectReason.MALFORMED, f"unknown NACK kind {kind_raw}") from None
+        snap = r.u32()
+        n = r.count(MAX_RANGES)
+        ranges = []
+        for _ in range(n):
+            lo, hi = r.u64(), r.u64()
+            if hi < lo:
+                raise WireError(RejectReason.MALFORMED, f"NACK range {lo}..{hi} is inverted")
+            ranges.append((lo, hi))
+        r.finish()
+        return cls(target, kind, tuple(ranges), snap)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Periodic liveness plus a summary of the sender's replica state.
+
+    A primary's heartbeat carries its view (so a backup that missed a membership message
+    catches up), its log end and commit index; a backup's carries its delivered index, so it
+    doubles as a SecondAck.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.HEARTBEAT
+    role: Role
+    members: tuple[Member, ...]
+    delivered: int
+    commit: int
+
+    def encode(self) -> bytes:
+        w = Writer().u8(self.role)
+        write_members(w, self.members)
+        return w.u64(self.delivered).u64(self.commit).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        raw = r.u8()
+        try:
+            role = Role(raw)
+        except ValueError:
+            raise WireError(RejectReason.MALFORMED, f"unknown role {raw}") from None
+        v = cls(role, read_members(r), r.u64(), r.u64())
+        r.finish()
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class ProposePrimary:
+    """A backup that fenced the old primary proposes itself for view header.view."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PROPOSE_PRIMARY
+    members: tuple[Member, ...]
+
+    def encode(self) -> bytes:
+        w = Writer()
+        write_members(w, self.members)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        v = cls(read_members(r))
+        r.finish()
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryVote:
+    """A member's answer to ProposePrimary: its promise and how far its log goes."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PRIMARY_VOTE
+    proposer: int
+    accept: bool
+    promised: int
+    delivered: int
+
+    def encode(self) -> bytes:
+        w = Writer().u16(self.proposer).u8(1 if self.accept else 0)
+        return w.u32(self.promised).u64(self.delivered).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        proposer = r.u16()
+        acc = r.u8()
+        if acc > 1:
+            raise WireError(RejectReason.MALFORMED, f"vote flag {acc} is not 0 or 1")
+        v = cls(proposer, acc == 1, r.u32(), r.u64())
+        r.finish()
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class NewView:
+    """The new primary's announcement once it recovered the state: view and log end."""
+
+    TYPE: ClassVar[MessageType] = MessageType.NEW_VIEW
+    members: tuple[Member, ...]
+    log_end: int
+
+    def encode(self) -> bytes:
+        w = Writer()
+        write_members(w, self.members)
+        return w.u64(self.log_end).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        v = cls(read_members(r), r.u64())
+        r.finish()
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeBackup:
+    """A node without a view asks the primary to admit it (header names node+incarnation)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PROPOSE_BACKUP
+
+    def encode(self) -> bytes:
+        return b""
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        Reader(data).finish()
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptBackup:
+    """The primary admits ``joiner``: the new membership, ranks in order."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ACCEPT_BACKUP
+    members: tuple[Member, ...]
+    joiner: int
+    confirmed: bool = False
+    """False: existing members, install and acknowledge. True: all did; joiner, you are in."""
+
+    def encode(self) -> bytes:
+        w = Writer()
+        write_members(w, self.members)
+        return w.u16(self.joiner).u8(1 if self.confirmed else 0).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        members, joiner, flag = read_members(r), r.u16(), r.u8()
+        r.finish()
+        if flag > 1:
+            raise WireError(RejectReason.MALFORMED, f"confirmed flag {flag} is not 0 or 1")
+        return cls(members, joiner, flag == 1)
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptAck:
+    """A joiner confirms it installed the snapshot, or a member confirms a view."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ACCEPT_ACK
+    kind: AckKind
+    snapshot_id: int
+    delivered: int
+
+    def encode(self) -> bytes:
+        return Writer().u8(self.kind).u32(self.snapshot_id).u64(self.delivered).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        raw = r.u8()
+        try:
+            kind = AckKind(raw)
+        except ValueError:
+            raise WireError(RejectReason.MALFORMED, f"unknown ack kind {raw}") from None
+        v = cls(kind, r.u32(), r.u64())
+        r.finish()
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveBackup:
+    """The primary removed (after fencing) ``removed``; the new membership."""
+
+    TYPE: ClassVar[MessageType] = MessageType.REMOVE_BACKUP
+    members: tuple[Member, ...]
+    removed: int
+
+    def encode(self) -> bytes:
+        w = Writer()
+        write_members(w, self.members)
+        return w.u16(self.removed).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        v = cls(read_members(r), r.u16())
+        r.finish()
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class StateChunk:
+    """One chunk of a snapshot streamed to a joiner (snapshot taken at log ``index``)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STATE
+    target: int
+    snapshot_id: int
+    index: int
+    chunk: int
+    total: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        w = Writer().u16(self.target).u32(self.snapshot_id).u64(self.index)
+        return w.u32(self.chunk).u32(self.total).blob(self.data).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        v = cls(r.u16(), r.u32(), r.u64(), r.u32(), r.u32(), r.blob())
+        r.finish()
+        if v.total == 0 or v.chunk >= v.total:
+            raise WireError(RejectReason.MALFORMED, f"chunk {v.chunk} of {v.total}")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """An ordered-log entry with its payload, sent to repair a member's gaps."""
+
+    index: int
+    src_group: int
+    conn_id: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Ordering records in the header; full entries in the body when repairing."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ORDER
+    commit: int
+    entries: tuple[LogEntry, ...] = ()
+
+    def encode(self) -> bytes:
+        w = Writer().u64(self.commit).u32(len(self.entries))
+        for e in self.entries:
+            w.u64(e.index).u16(e.src_group).u32(e.conn_id).u64(e.seq).blob(e.payload)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        commit = r.u64()
+        n = r.count(MAX_BATCH)
+        entries = tuple(LogEntry(r.u64(), r.u16(), r.u32(), r.u64(), r.blob()) for _ in range(n))
+        r.finish()
+        return cls(commit, entries)
+
+
+BODY_TYPES: dict[MessageType, type] = {
+    cls.TYPE: cls
+    for cls in (
+        Data,
+        FirstAck,
+        SecondAck,
+        Nack,
+        Heartbeat,
+        ProposePrimary,
+        PrimaryVote,
+        NewView,
+        ProposeBackup,
+        AcceptBackup,
+        AcceptAck,
+        RemoveBackup,
+        StateChunk,
+        Order,
+    )
+}
+
+
+def decode_body(msg_type: MessageType, data: bytes) -> object:
+    """Decode the body of a message of ``msg_type``; raises only WireError."""
+    cls = BODY_TYPES.get(msg_type)
+    if cls is None:
+        raise WireError(RejectReason.UNKNOWN_TYPE, f"no body codec for {msg_type!r}")
+    body: object = cls.decode(data)  # type: ignore[attr-defined]
+    return body

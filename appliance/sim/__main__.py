@@ -1,0 +1,5 @@
+import sys
+
+from appliance.sim.runner import main
+
+sys.exit(main())

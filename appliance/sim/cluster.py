@@ -1,0 +1,448 @@
+"""A simulated cluster: N protocol engines, a network, a power strip, clients and a nemesis.
+
+The simulator is the host of every :class:`NodeEngine`: it feeds datagrams and timers with the
+simulated clock, applies delivered operations to a tiny replicated log service, answers fence
+requests by cutting simulated power (only when the fencing node still reaches its witness), and
+checks the invariants after every step:
+
+* S1: never two live nodes acting as primary at once;
+* prefix agreement: the logs of live view members are prefixes of one another;
+* no acknowledged request is lost: a request whose reply a client received (and which the
+  gateway saw acknowledged) stays at its index in every log that reaches that index, and every
+  node that becomes primary holds all of them;
+* L1/L2/L3 at the end: after the faults stop and everything is healed and powered on, one
+  primary, every node in its view, identical logs, every request stable exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.protocols.config import ProtocolConfig, is_gateway_group
+from appliance.protocols.engine import NodeEngine
+from appliance.protocols.events import (
+    Delivered,
+    FenceRequested,
+    ReplyReceived,
+    RequestsStable,
+    RoleChanged,
+    SnapshotInstalled,
+    SnapshotRequested,
+    StateReset,
+    ViewInstalled,
+)
+from appliance.protocols.messages import Role
+from appliance.protocols.wire.fields import Reader, Writer
+from appliance.sim.network import SimNetwork
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+def encode_log(log: list[bytes]) -> bytes:
+    w = Writer().u32(len(log))
+    for p in log:
+        w.blob(p)
+    return w.getvalue()
+
+
+def decode_log(data: bytes) -> list[bytes]:
+    r = Reader(data)
+    out = [r.blob() for _ in range(r.count(1 << 24))]
+    r.finish()
+    return out
+
+
+def _chain(prev: bytes, payload: bytes) -> bytes:
+    return hashlib.blake2b(prev + payload, digest_size=8).digest()
+
+
+@dataclass
+class SimNode:
+    node: int
+    incarnation: int = 0
+    engine: NodeEngine | None = None
+    paused: bool = False
+    inbox: list[bytes] = field(default_factory=list)
+    log: list[bytes] = field(default_factory=list)
+    chain: list[bytes] = field(default_factory=lambda: [b""])
+    timer_at: float | None = None
+    timer_gen: int = 0
+    requests: dict[int, bytes] = field(default_factory=dict)
+    replies: dict[int, bytes] = field(default_factory=dict)
+    stable: int = 0
+    next_request: int = 0
+    power_on_at: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.engine is not None
+
+
+@dataclass
+class SimStats:
+    requests: int = 0
+    acknowledged: int = 0
+    primary_changes: int = 0
+    fences: int = 0
+    crashes: int = 0
+    datagrams: int = 0
+
+
+class SimCluster:
+    def __init__(
+        self,
+        seed: int,
+        nodes: int = 3,
+        cfg: ProtocolConfig | None = None,
+        trace: Callable[[str], None] | None = None,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        ids = tuple(range(1, nodes + 1))
+        self.cfg = cfg or ProtocolConfig(
+            cluster_id=0xC1, nodes=ids, key=b"sim-key-" + bytes([7] * 24)
+        )
+        self.net = SimNetwork(self.rng)
+        self.now = 0.0
+        self.queue: list[tuple[float, int, str, Any]] = []
+        self.counter = 0
+        self.nodes = {n: SimNode(n) for n in self.cfg.nodes}
+        self.trace = trace
+        self.stats = SimStats()
+        self.acked: dict[int, bytes] = {}  # log index -> payload of an acknowledged request
+        self.acked_payloads: set[bytes] = set()
+        self.client_rate = 40.0  # requests per second per node
+        self.clients_on = True
+        self.fence_latency = 0.01
+        self.power_hold = 0.2
+        for n in self.nodes:
+            self.at(self.rng.uniform(0, 0.05), "power_on", n)
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def at(self, t: float, kind: str, data: Any) -> None:
+        self.counter += 1
+        heapq.heappush(self.queue, (t, self.counter, kind, data))
+
+    def log(self, msg: str) -> None:
+        if self.trace is not None:
+            self.trace(f"{self.now:9.4f} {msg}")
+
+    def run_until(self, t_end: float) -> None:
+        while self.queue and self.queue[0][0] <= t_end:
+            t, _, kind, data = heapq.heappop(self.queue)
+            self.now = max(self.now, t)
+            getattr(self, "_on_" + kind)(data)
+        self.now = max(self.now, t_end)
+
+    # -- power ---------------------------------------------------------------------------
+
+    def _on_power_on(self, node: int) -> None:
+        sn = self.nodes[node]
+        if sn.alive:
+            return
+        sn.incarnation += 1
+        sn.engine = NodeEngine(self.cfg, node, sn.incarnation, self.now)
+        sn.paused = False
+        sn.inbox.clear()
+        sn.log = []
+        sn.chain = [b""]
+        sn.requests.clear()
+        sn.replies.clear()
+        sn.stable = 0
+        sn.power_on_at = None
+        self.log(f"node {node} powered on (incarnation {sn.incarnation})")
+        self._step(sn)
+        self._schedule_client(sn)
+
+    def power_off(self, node: int, why: str) -> None:
+        sn = self.nodes[node]
+        if not sn.alive:
+            return
+        self.stats.crashes += 1
+        self.log(f"node {node} powered off: {why}")
+        sn.engine = None
+        sn.paused = False
+        sn.inbox.clear()
+        sn.timer_gen += 1
+
+    def power_cycle(self, node: int, why: str) -> None:
+        self.power_off(node, why)
+        sn = self.nodes[node]
+        if sn.power_on_at is None:
+            sn.power_on_at = self.now + self.power_hold
+            self.at(sn.power_on_at, "power_on", node)
+
+    # -- network -------------------------------------------------------------------------
+
+    def _on_deliver(self, data: tuple[int, int, bytes]) -> None:
+        node, _, datagram = data
+        sn = self.nodes[node]
+        if sn.engine is None:
+            return
+        if sn.paused:
+            sn.inbox.append(datagram)
+            return
+        sn.engine.receive_datagram(datagram, self.now)
+        self._step(sn)
+
+    def _on_timer(self, data: tuple[int, int]) -> None:
+        node, gen = data
+        sn = self.nodes[node]
+        if sn.engine is None or sn.paused or gen != sn.timer_gen:
+            return
+        sn.timer_at = None
+        sn.engine.handle_timer(self.now)
+        self._step(sn)
+
+    def _step(self, sn: SimNode) -> None:
+        """Drain a node's output and events until it is quiet; re-arm its timer; check."""
+        for _ in range(100):
+            eng = sn.engine
+            if eng is None:
+                return
+            out = eng.datagrams_to_send(self.now)
+            for d in out:
+                self.stats.datagrams += 1
+                dests = [n for n, s in self.nodes.items() if s.alive and n != sn.node]
+                for t, dst in self.net.arrivals(sn.node, dests, self.now):
+                    self.at(t, "deliver", (dst, sn.incarnation, d))
+            had_events = False
+            while (ev := eng.next_event()) is not None:
+                had_events = True
+                self._handle_event(sn, ev)
+                if sn.engine is not eng:
+                    return
+            if not out and not had_events:
+                break
+        eng = sn.engine
+        if eng is None:
+            return
+        t = max(eng.get_timer(), self.now)
+        if sn.timer_at != t:
+            sn.timer_gen += 1
+            sn.timer_at = t
+            self.at(t, "timer", (sn.node, sn.timer_gen))
+        self.check(sn)
+
+    # -- the host side of the protocol ---------------------------------------------------
+
+    def _handle_event(self, sn: SimNode, ev: object) -> None:
+        eng = sn.engine
+        assert eng is not None
+        if isinstance(ev, Delivered):
+            if ev.index != len(sn.log) + 1:
+                raise InvariantViolation(
+                    f"node {sn.node} delivered index {ev.index} after {len(sn.log)} entries"
+                )
+            sn.log.append(ev.payload)
+            sn.chain.append(_chain(sn.chain[-1], ev.payload))
+            want = self.acked.get(ev.index)
+            if want is not None and want != ev.payload:
+                raise InvariantViolation(
+                    f"node {sn.node} delivered {ev.payload!r} at index {ev.index} where the "
+                    f"acknowledged request {want!r} was"
+                )
+            if is_gateway_group(ev.src_group):
+                reply = ev.payload + b"@" + str(ev.index).encode()
+                eng.send(ev.src_group, ev.conn_id, reply, after=ev.index)
+        elif isinstance(ev, SnapshotRequested):
+            eng.provide_snapshot(ev.snapshot_id, encode_log(sn.log[: ev.index]), self.now)
+        elif isinstance(ev, SnapshotInstalled):
+            sn.log = decode_log(ev.app_state)
+            sn.chain = [b""]
+            for p in sn.log:
+                sn.chain.append(_chain(sn.chain[-1], p))
+            for i, p in self.acked.items():
+                if i <= len(sn.log) and sn.log[i - 1] != p:
+                    raise InvariantViolation(f"snapshot on node {sn.node} lost acked index {i}")
+        elif isinstance(ev, StateReset):
+            self.log(f"node {sn.node} reset: {ev.reason}")
+            sn.log = []
+            sn.chain = [b""]
+        elif isinstance(ev, FenceRequested):
+            self._fence(sn, ev)
+        elif isinstance(ev, RoleChanged):
+            self.log(f"node {sn.node} -> {ev.role.name}: {ev.reason}")
+            if ev.role is Role.PRIMARY:
+                self.stats.primary_changes += 1
+                missing = [i for i in self.acked if i > len(sn.log)]
+                if missing:
+                    raise InvariantViolation(
+                        f"node {sn.node} became primary without acknowledged indices "
+                        f"{missing[:5]} (log has {len(sn.log)})"
+                    )
+        elif isinstance(ev, ViewInstalled):
+            self.log(f"node {sn.node} installed {ev.view.describe()}")
+        elif isinstance(ev, ReplyReceived):
+            sn.replies[ev.seq] = ev.payload
+            self._acknowledge(sn)
+        elif isinstance(ev, RequestsStable):
+            sn.stable = ev.seq
+            self._acknowledge(sn)
+
+    def _acknowledge(self, sn: SimNode) -> None:
+        """A client sees its request done once the reply is in and the request is stable."""
+        for seq in [s for s in sn.replies if s <= sn.stable]:
+            reply = sn.replies.pop(seq)
+            request = sn.requests.pop(seq, None)
+            payload, _, idx = reply.rpartition(b"@")
+            if request is None or payload != request:
+                raise InvariantViolation(
+                    f"node {sn.node} got reply {reply!r} for request {seq} ({request!r})"
+                )
+            index = int(idx)
+            if index in self.acked and self.acked[index] != payload:
+                raise InvariantViolation(f"index {index} acknowledged twice")
+            if payload in self.acked_payloads:
+                raise InvariantViolation(f"request {payload!r} acknowledged twice")
+            self.acked[index] = payload
+            self.acked_payloads.add(payload)
+            self.stats.acknowledged += 1
+
+    def _fence(self, sn: SimNode, ev: FenceRequested) -> None:
+        requester, inc, target = sn.node, sn.incarnation, ev.node
+        healthy = self.net.reaches_witness(requester)
+        self.log(f"node {requester} fences node {target} ({ev.reason}); healthy={healthy}")
+        self.at(self.now + self.fence_latency, "fence_done", (requester, inc, target, healthy))
+
+    def _on_fence_done(self, data: tuple[int, int, int, bool]) -> None:
+        requester, inc, target, healthy = data
+        sn = self.nodes[requester]
+        if sn.engine is None or sn.incarnation != inc:
+            return  # the request never left a node that lost its power first
+        if healthy:
+            self.stats.fences += 1
+            self.power_cycle(target, f"fenced by node {requester}")
+        if sn.paused:
+            self.at(self.now + 0.001, "fence_done", data)
+            return
+        sn.engine.fence_result(target, healthy, self.now)
+        self._step(sn)
+
+    # -- clients -------------------------------------------------------------------------
+
+    def _schedule_client(self, sn: SimNode) -> None:
+        if self.clients_on:
+            t = self.now + self.rng.expovariate(self.client_rate)
+            self.at(t, "client", (sn.node, sn.incarnation))
+
+    def _on_client(self, data: tuple[int, int]) -> None:
+        node, inc = data
+        sn = self.nodes[node]
+        if sn.engine is None or sn.incarnation != inc or not self.clients_on:
+            return
+        if not sn.paused and sn.engine.gateway.in_flight + sn.engine.gateway.backlog < 64:
+            sn.next_request += 1
+            payload = f"n{node}.{inc}.r{sn.next_request}".encode()
+            seq = sn.engine.submit(payload)
+            sn.requests[seq] = payload
+            self.stats.requests += 1
+            self._step(sn)
+        self._schedule_client(sn)
+
+    # -- faults --------------------------------------------------------------------------
+
+    def pause(self, node: int) -> None:
+        sn = self.nodes[node]
+        if sn.alive and not sn.paused:
+            self.log(f"node {node} paused")
+            sn.paused = True
+
+    def _on_thaw(self, node: int) -> None:
+        sn = self.nodes[node]
+        if sn.engine is None or not sn.paused:
+            return
+        self.log(f"node {node} thawed with {len(sn.inbox)} datagrams waiting")
+        sn.paused = False
+        inbox, sn.inbox = sn.inbox, []
+        for d in inbox:
+            eng = self.nodes[node].engine  # a fence may power it off meanwhile
+            if eng is None:
+                return
+            eng.receive_datagram(d, self.now)
+            self._step(sn)
+        eng = self.nodes[node].engine
+        if eng is not None:
+            eng.handle_timer(self.now)
+            self._step(sn)
+
+    def _on_call(self, fn: Callable[[], None]) -> None:
+        fn()
+
+    def primaries(self) -> list[int]:
+        return [
+            n
+            for n, s in self.nodes.items()
+            if s.engine is not None and s.engine.role is Role.PRIMARY
+        ]
+
+    def holders(self) -> list[int]:
+        """Live nodes that are members of a view (they hold every committed entry)."""
+        return [
+            n
+            for n, s in self.nodes.items()
+            if s.engine is not None and s.engine.role in (Role.PRIMARY, Role.BACKUP, Role.CANDIDATE)
+        ]
+
+    # -- invariants ----------------------------------------------------------------------
+
+    def check(self, sn: SimNode | None = None) -> None:
+        prim = self.primaries()
+        if len(prim) > 1:
+            raise InvariantViolation(f"S1: nodes {prim} are primary at the same time")
+        members = [
+            s
+            for s in self.nodes.values()
+            if s.engine is not None and s.engine.role in (Role.PRIMARY, Role.BACKUP)
+        ]
+        for a in members:
+            for b in members:
+                if a.node < b.node:
+                    k = min(len(a.log), len(b.log))
+                    if a.chain[k] != b.chain[k]:
+                        raise InvariantViolation(
+                            f"prefix agreement: nodes {a.node} and {b.node} differ within the "
+                            f"first {k} entries"
+                        )
+
+    def check_final(self) -> None:
+        prim = self.primaries()
+        if len(prim) != 1:
+            states = {n: s.engine.status() if s.engine else "off" for n, s in self.nodes.items()}
+            raise InvariantViolation(f"L1: {len(prim)} primaries after healing: {states}")
+        p = self.nodes[prim[0]]
+        assert p.engine is not None
+        view = p.engine.member.view
+        assert view is not None
+        alive = {n for n, s in self.nodes.items() if s.alive}
+        if set(view.nodes) != alive:
+            raise InvariantViolation(
+                f"L2/L3: view {view.describe()} but live nodes are {sorted(alive)}"
+            )
+        for s in self.nodes.values():
+            if s.engine is None:
+                continue
+            if s.engine.role not in (Role.PRIMARY, Role.BACKUP):
+                raise InvariantViolation(f"node {s.node} is {s.engine.role.name} after healing")
+            if s.log != p.log:
+                raise InvariantViolation(
+                    f"node {s.node} log ({len(s.log)}) differs from primary's ({len(p.log)})"
+                )
+        if len(set(p.log)) != len(p.log):
+            raise InvariantViolation("a request was applied twice")
+        for i, payload in self.acked.items():
+            if i > len(p.log) or p.log[i - 1] != payload:
+                raise InvariantViolation(f"acknowledged request {payload!r} at {i} was lost")
+        for s in self.nodes.values():
+            if s.engine is not None and s.engine.gateway.in_flight:
+                raise InvariantViolation(
+                    f"node {s.node}: {s.engine.gateway.in_flight} requests never became stable"
+                )
