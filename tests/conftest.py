@@ -12,3 +12,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=500,
         help="number of seeded random-fault simulation runs (make soak uses 20000)",
     )
+    parser.addoption(
+        "--sim-first",
+        type=int,
+        default=0,
+        help="first seed of the random-fault simulation runs",
+    )

@@ -60,8 +60,15 @@ class Gateway:
                 self.events.append(ReplyReceived(seq, payload))
             if self.replies.delivered > self.ack_sent and self.ack_due is None:
                 self.ack_due = now + self.cfg.ack_delay
-            if self.replies.gaps():
-                self.ack_due = now  # a gap: tell the primary where we are at once
+            gaps = self.replies.gaps()
+            if gaps:  # ask the service primary (target 0: whoever it is) to fill them now
+                self.out.emit(
+                    Nack(0, NackKind.MESSAGES, tuple(gaps)),
+                    src_group=self.group,
+                    dst_group=self.cfg.service_group,
+                    conn_id=self.conn_id,
+                    ack=self.replies.delivered,
+                )
         elif isinstance(body, FirstAck):
             self._acked(h.ack, now, body.credit)
         elif isinstance(body, Nack) and body.kind is NackKind.MESSAGES and body.target == self.node:
@@ -88,7 +95,7 @@ class Gateway:
             self._send(batch)
         if self.ack_due is not None and now >= self.ack_due:
             self.ack_due = None
-            if self.replies.delivered > self.ack_sent or self.replies.gaps():
+            if self.replies.delivered > self.ack_sent:
                 self.ack_sent = self.replies.delivered
                 self.out.emit(
                     FirstAck(self.replies.window),

@@ -43,9 +43,9 @@ from appliance.protocols.llmp.rto import RttEstimator
 from appliance.protocols.llmp.sender import OutboundConnection
 from appliance.protocols.messages import (
     AcceptAck,
-    Body,
     AcceptBackup,
     AckKind,
+    Body,
     Data,
     DataEntry,
     FirstAck,
@@ -437,9 +437,9 @@ class GroupMember:
         elif isinstance(body, FirstAck):
             if ob is not None:
                 ob.on_ack(h.ack, now, body.credit)
-        elif isinstance(body, Nack) and body.kind is NackKind.MESSAGES and self.is_primary:
-            if ob is not None:
-                ob.on_nack(body.ranges)
+        elif isinstance(body, Nack) and ob is not None and self.is_primary:
+            # A gap in our replies (target 0: whoever is primary): fast retransmit.
+            ob.on_nack(body.ranges)
 
     def _from_primary(self, h: Header) -> bool:
         """Is this datagram from the primary whose order we follow right now?"""
@@ -495,10 +495,8 @@ class GroupMember:
     def _note_ack(self, node: int, delivered: int, now: float) -> None:
         if not self.is_primary:
             return
-        if (
-            self.view is not None
-            and node in self.view
-            or (self.admission is not None and self.admission.joiner.node == node)
+        if (self.view is not None and node in self.view) or (
+            self.admission is not None and self.admission.joiner.node == node
         ):
             if delivered > self.acks.get(node, -1):
                 self.acks[node] = delivered

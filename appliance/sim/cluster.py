@@ -59,7 +59,7 @@ def decode_log(data: bytes) -> list[bytes]:
     return out
 
 
-def _chain(prev: bytes, payload: bytes) -> bytes:
+def chain_hash(prev: bytes, payload: bytes) -> bytes:
     return hashlib.blake2b(prev + payload, digest_size=8).digest()
 
 
@@ -122,6 +122,10 @@ class SimCluster:
         self.clients_on = True
         self.fence_latency = 0.01
         self.power_hold = 0.2
+        self.fence_cuts_power = True
+        """False emulates a fence device that reports success but left the node running."""
+        self.fence_log: list[tuple[float, int, int]] = []  # (time, fencer, target)
+        self.role_log: list[tuple[float, int, Role]] = []
         for n in self.nodes:
             self.at(self.rng.uniform(0, 0.05), "power_on", n)
 
@@ -141,6 +145,38 @@ class SimCluster:
             self.now = max(self.now, t)
             getattr(self, "_on_" + kind)(data)
         self.now = max(self.now, t_end)
+
+    def wait_for(self, pred: Callable[[], bool], timeout: float) -> bool:
+        """Run until ``pred()`` holds (checked after every event) or ``timeout`` passes."""
+        deadline = self.now + timeout
+        while not pred():
+            if not self.queue or self.queue[0][0] > deadline:
+                self.now = max(self.now, deadline)
+                return pred()
+            t, _, kind, data = heapq.heappop(self.queue)
+            self.now = max(self.now, t)
+            getattr(self, "_on_" + kind)(data)
+        return True
+
+    def role(self, node: int) -> Role | None:
+        eng = self.nodes[node].engine
+        return None if eng is None else eng.role
+
+    def formed(self) -> bool:
+        """One primary whose view holds every live node, all of them backups or primary."""
+        prim = self.primaries()
+        if len(prim) != 1:
+            return False
+        eng = self.nodes[prim[0]].engine
+        assert eng is not None
+        view = eng.member.view
+        alive = {n for n, s in self.nodes.items() if s.alive}
+        return (
+            view is not None
+            and set(view.nodes) == alive
+            and all(self.role(n) in (Role.PRIMARY, Role.BACKUP) for n in alive)
+            and eng.member.confirming is None
+        )
 
     # -- power ---------------------------------------------------------------------------
 
@@ -243,7 +279,7 @@ class SimCluster:
                     f"node {sn.node} delivered index {ev.index} after {len(sn.log)} entries"
                 )
             sn.log.append(ev.payload)
-            sn.chain.append(_chain(sn.chain[-1], ev.payload))
+            sn.chain.append(chain_hash(sn.chain[-1], ev.payload))
             want = self.acked.get(ev.index)
             if want is not None and want != ev.payload:
                 raise InvariantViolation(
@@ -259,7 +295,7 @@ class SimCluster:
             sn.log = decode_log(ev.app_state)
             sn.chain = [b""]
             for p in sn.log:
-                sn.chain.append(_chain(sn.chain[-1], p))
+                sn.chain.append(chain_hash(sn.chain[-1], p))
             for i, p in self.acked.items():
                 if i <= len(sn.log) and sn.log[i - 1] != p:
                     raise InvariantViolation(f"snapshot on node {sn.node} lost acked index {i}")
@@ -271,6 +307,7 @@ class SimCluster:
             self._fence(sn, ev)
         elif isinstance(ev, RoleChanged):
             self.log(f"node {sn.node} -> {ev.role.name}: {ev.reason}")
+            self.role_log.append((self.now, sn.node, ev.role))
             if ev.role is Role.PRIMARY:
                 self.stats.primary_changes += 1
                 missing = [i for i in self.acked if i > len(sn.log)]
@@ -320,7 +357,9 @@ class SimCluster:
             return  # the request never left a node that lost its power first
         if healthy:
             self.stats.fences += 1
-            self.power_cycle(target, f"fenced by node {requester}")
+            self.fence_log.append((self.now, requester, target))
+            if self.fence_cuts_power:
+                self.power_cycle(target, f"fenced by node {requester}")
         if sn.paused:
             self.at(self.now + 0.001, "fence_done", data)
             return

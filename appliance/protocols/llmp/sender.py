@@ -59,6 +59,8 @@ class OutboundConnection:
         self.next_seq += 1
         if seq > self.acked and seq not in self._sent:
             self._sent[seq] = Outgoing(seq, payload, after)
+            if seq < max(self._sent):  # a higher one was logged (overheard) first
+                self._sent = dict(sorted(self._sent.items()))
         return seq
 
     def log(self, seq: int, payload: bytes) -> None:

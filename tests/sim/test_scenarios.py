@@ -1,0 +1,259 @@
+"""Scripted fault scenarios on the simulated cluster: every membership transition of LDMP.
+
+Each test drives a :class:`SimCluster` (which checks S1 and prefix agreement after every step,
+and the acknowledged-write invariants on every delivery and promotion) through one transition
+and then checks the final invariants after healing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.protocols.messages import Role
+from appliance.sim.cluster import InvariantViolation, SimCluster, chain_hash
+
+
+def formed_cluster(seed: int = 1, nodes: int = 3) -> SimCluster:
+    c = SimCluster(seed, nodes=nodes)
+    c.net.faults.duplicate = 0.0
+    assert c.wait_for(c.formed, 3.0), "cluster did not form"
+    return c
+
+
+def primary(c: SimCluster) -> int:
+    prim = c.primaries()
+    assert len(prim) == 1, prim
+    return prim[0]
+
+
+def view_of(c: SimCluster, node: int) -> tuple[int, ...]:
+    eng = c.nodes[node].engine
+    assert eng is not None and eng.member.view is not None
+    return eng.member.view.nodes
+
+
+def settle_and_check(c: SimCluster, seconds: float = 3.0) -> None:
+    c.net.faults.sides = {}
+    c.net.faults.loss = 0.0
+    c.clients_on = False
+    for n, s in c.nodes.items():
+        if not s.alive:
+            c.at(c.now, "power_on", n)
+    c.run_until(c.now + seconds)
+    assert c.formed()
+    c.check_final()
+
+
+def test_cold_start_forms_one_group_with_every_node() -> None:
+    c = formed_cluster()
+    assert primary(c) == 1  # the lowest id founds once every node is heard without a view
+    view = view_of(c, 1)
+    assert view[0] == 1 and set(view) == {1, 2, 3}
+    c.run_until(c.now + 1.0)
+    assert c.stats.acknowledged > 20
+    settle_and_check(c)
+
+
+def test_writes_are_totally_ordered_and_identical_on_every_replica() -> None:
+    c = formed_cluster(seed=3)
+    c.run_until(c.now + 2.0)
+    settle_and_check(c)
+    logs = {tuple(s.log) for s in c.nodes.values()}
+    assert len(logs) == 1
+    assert len(next(iter(logs))) >= c.stats.acknowledged
+
+
+def test_primary_crash_fences_before_promotion_and_keeps_acknowledged_writes() -> None:
+    c = formed_cluster(seed=5)
+    c.run_until(c.now + 0.5)
+    old = primary(c)
+    acked_before = dict(c.acked)
+    crashed_at = c.now
+    c.power_off(old, "test pulled the power")
+    assert c.wait_for(lambda: len(c.primaries()) == 1, 1.0)
+    new = primary(c)
+    assert new != old
+    promoted_at = max(t for t, n, r in c.role_log if n == new and r is Role.PRIMARY)
+    fenced = [t for t, fencer, target in c.fence_log if fencer == new and target == old]
+    assert fenced and fenced[0] <= promoted_at, "promotion before the fence"
+    failover = promoted_at - crashed_at
+    cfg = c.cfg
+    # Failover is detection (silence timeout) plus rank delay, fence and one round trip.
+    assert failover < cfg.silence_timeout + cfg.rank_delay + c.fence_latency + 0.1
+    eng = c.nodes[new].engine
+    assert eng is not None
+    for i, payload in acked_before.items():
+        assert c.nodes[new].log[i - 1] == payload
+    settle_and_check(c)
+    assert set(view_of(c, new)) == {1, 2, 3}  # the fenced node power-cycled and rejoined
+
+
+def test_backup_crash_is_fenced_removed_and_rejoins_with_state_transfer() -> None:
+    c = formed_cluster(seed=7)
+    p = primary(c)
+    victim = view_of(c, p)[-1]
+    c.power_off(victim, "test pulled the power")
+    assert c.wait_for(lambda: victim not in view_of(c, p), 1.0)
+    assert any(target == victim for _, _, target in c.fence_log)
+    before = c.stats.acknowledged
+    c.run_until(c.now + 0.3)
+    assert c.stats.acknowledged > before, "writes stalled after the backup was removed"
+    c.at(c.now, "power_on", victim)
+    assert c.wait_for(c.formed, 3.0)
+    assert victim in view_of(c, p)
+    assert view_of(c, p)[-1] == victim  # a rejoining backup ranks last
+    settle_and_check(c)
+
+
+def test_primary_fails_during_primary_change() -> None:
+    c = formed_cluster(seed=11)
+    old = primary(c)
+    ranks = view_of(c, old)
+    second = ranks[1]
+    c.power_off(old, "test pulled the power")
+    assert c.wait_for(lambda: c.role(second) is Role.CANDIDATE, 1.0)
+    c.power_off(second, "test pulled the power again")  # the candidate dies mid-change
+    third = ranks[2]
+    assert c.wait_for(lambda: c.role(third) is Role.PRIMARY, 2.0)
+    settle_and_check(c, 4.0)
+
+
+def test_new_primary_fails_before_backups_catch_up() -> None:
+    c = formed_cluster(seed=13)
+    c.run_until(c.now + 0.4)
+    old = primary(c)
+    c.power_off(old, "pull")
+    assert c.wait_for(lambda: len(c.primaries()) == 1, 1.0)
+    c.power_off(primary(c), "pull the new primary right away")
+    assert c.wait_for(lambda: len(c.primaries()) == 1, 2.0)
+    settle_and_check(c, 4.0)
+
+
+def test_primary_fails_during_a_backups_join() -> None:
+    c = formed_cluster(seed=17)
+    p = primary(c)
+    joiner = view_of(c, p)[-1]
+    c.power_off(joiner, "pull")
+    assert c.wait_for(lambda: joiner not in view_of(c, p), 1.0)
+    c.at(c.now, "power_on", joiner)
+    assert c.wait_for(lambda: c.role(joiner) is Role.LEARNING, 2.0)
+    c.power_off(p, "the primary dies while the joiner learns")
+    assert c.wait_for(lambda: len(c.primaries()) == 1 and primary(c) != joiner, 2.0)
+    assert c.wait_for(c.formed, 4.0)
+    settle_and_check(c)
+
+
+def test_partitioned_primary_is_fenced_by_the_side_with_the_witness() -> None:
+    c = formed_cluster(seed=19)
+    p = primary(c)
+    c.net.faults.sides = {p: 1}
+    c.net.faults.witness_side = 0
+    assert c.wait_for(lambda: any(n != p for n in c.primaries()), 1.5)
+    assert not c.nodes[p].alive or c.nodes[p].incarnation > 1
+    assert not any(fencer == p for _, fencer, _ in c.fence_log), "the isolated side fenced"
+    settle_and_check(c)
+
+
+def test_isolated_backup_without_witness_does_not_fence_anyone() -> None:
+    c = formed_cluster(seed=23)
+    p = primary(c)
+    b = view_of(c, p)[-1]
+    c.net.faults.sides = {b: 1}
+    c.net.faults.witness_side = 0
+    assert c.wait_for(lambda: b not in view_of(c, p), 1.5)
+    assert primary(c) == p
+    assert not any(fencer == b for _, fencer, _ in c.fence_log)
+    settle_and_check(c)
+
+
+def test_frozen_primary_is_a_timing_fault_and_is_fenced() -> None:
+    c = formed_cluster(seed=29)
+    p = primary(c)
+    c.pause(p)
+    assert c.wait_for(lambda: any(n != p for n in c.primaries()), 1.0)
+    assert c.nodes[p].incarnation > 1 or not c.nodes[p].alive  # its power was cut
+    settle_and_check(c)
+
+
+def test_no_promotion_while_the_fence_cannot_run() -> None:
+    c = formed_cluster(seed=31)
+    p = primary(c)
+    # The backups lose the witness together with the primary: nobody may fence.
+    c.net.faults.sides = {p: 1}
+    c.net.faults.witness_side = 2
+    c.run_until(c.now + 1.0)
+    assert c.primaries() == [p]
+    assert c.fence_log == []
+    settle_and_check(c)
+
+
+def test_removed_backup_that_survived_its_fence_resets_and_rejoins() -> None:
+    c = formed_cluster(seed=37)
+    c.fence_cuts_power = False  # the device said "off" but the node kept running
+    p = primary(c)
+    b = view_of(c, p)[-1]
+    c.net.faults.sides = {b: 1}
+    c.net.faults.witness_side = 0
+    assert c.wait_for(lambda: b not in view_of(c, p), 1.5)
+    c.net.faults.sides = {}
+    resets: list[str] = []
+    c.trace = resets.append
+    assert c.wait_for(lambda: c.formed() and b in view_of(c, p), 3.0)
+    assert any(f"node {b} reset" in line for line in resets)
+    c.fence_cuts_power = True
+    settle_and_check(c)
+
+
+def test_restarted_member_is_removed_without_fencing_and_rejoins() -> None:
+    c = formed_cluster(seed=41)
+    p = primary(c)
+    b = view_of(c, p)[-1]
+    c.power_off(b, "quick reboot")
+    c.at(c.now + 0.02, "power_on", b)  # back before anyone suspects it
+    assert c.wait_for(lambda: c.formed() and c.nodes[b].incarnation == 2, 2.0)
+    assert not any(target == b for _, _, target in c.fence_log)
+    settle_and_check(c)
+
+
+def test_five_node_cluster_survives_two_successive_primary_failures() -> None:
+    c = formed_cluster(seed=43, nodes=5)
+    for _ in range(2):
+        p = primary(c)
+        c.power_off(p, "pull")
+        assert c.wait_for(lambda p=p: len(c.primaries()) == 1 and primary(c) != p, 2.0)
+    settle_and_check(c, 5.0)
+
+
+def test_checker_catches_two_primaries() -> None:
+    c = formed_cluster(seed=47)
+    p = primary(c)
+    other = next(n for n in c.nodes if n != p)
+    eng = c.nodes[other].engine
+    assert eng is not None
+    eng.member.role = Role.PRIMARY  # plant the violation
+    with pytest.raises(InvariantViolation, match="S1"):
+        c.check()
+
+
+def test_checker_catches_a_diverging_log() -> None:
+    c = formed_cluster(seed=53)
+    c.run_until(c.now + 0.3)
+    victim = c.nodes[view_of(c, primary(c))[-1]]
+    victim.log[0] = b"forged"
+    victim.chain = [b""]
+    for payload in victim.log:  # the chain as the forged log would have built it
+        victim.chain.append(chain_hash(victim.chain[-1], payload))
+    with pytest.raises(InvariantViolation, match="prefix agreement"):
+        c.check()
+
+
+def test_checker_catches_a_lost_acknowledged_write() -> None:
+    c = formed_cluster(seed=59)
+    c.run_until(c.now + 0.5)
+    assert c.acked
+    index = max(c.acked)
+    c.acked[index + 1000] = b"never written"
+    c.clients_on = False
+    c.run_until(c.now + 1.0)
+    with pytest.raises(InvariantViolation, match="lost"):
+        c.check_final()
