@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +123,7 @@ class SimCluster:
         self.clients_on = True
         self.fence_latency = 0.01
         self.power_hold = 0.2
+        self.retired: Counter[str] = Counter()  # messages sent by engines since powered off
         self.fence_cuts_power = True
         """False emulates a fence device that reports success but left the node running."""
         self.fence_log: list[tuple[float, int, int]] = []  # (time, fencer, target)
@@ -157,6 +159,14 @@ class SimCluster:
             self.now = max(self.now, t)
             getattr(self, "_on_" + kind)(data)
         return True
+
+    def messages_sent(self) -> Counter[str]:
+        """Datagrams sent by type, over every node and incarnation so far."""
+        total = Counter(self.retired)
+        for s in self.nodes.values():
+            if s.engine is not None:
+                total.update(s.engine.out.sent_by_type)
+        return total
 
     def role(self, node: int) -> Role | None:
         eng = self.nodes[node].engine
@@ -204,6 +214,8 @@ class SimCluster:
             return
         self.stats.crashes += 1
         self.log(f"node {node} powered off: {why}")
+        assert sn.engine is not None
+        self.retired.update(sn.engine.out.sent_by_type)
         sn.engine = None
         sn.paused = False
         sn.inbox.clear()

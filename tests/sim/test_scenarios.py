@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.protocols.messages import Role
+from appliance.protocols.wire.header import MessageType
 from appliance.sim.cluster import InvariantViolation, SimCluster, chain_hash
 
 
@@ -257,3 +258,22 @@ def test_checker_catches_a_lost_acknowledged_write() -> None:
     c.run_until(c.now + 1.0)
     with pytest.raises(InvariantViolation, match="lost"):
         c.check_final()
+
+
+def test_every_message_type_is_exercised_by_failover_and_rejoin() -> None:
+    c = formed_cluster(seed=61)
+    c.net.faults.loss = 0.05  # some NACK and repair traffic
+    p = primary(c)
+    c.power_off(p, "pull")
+    assert c.wait_for(lambda: len(c.primaries()) == 1, 1.0)
+    b = view_of(c, primary(c))[-1]
+    c.net.faults.sides = {b: 1}
+    c.net.faults.witness_side = 0
+    c.fence_cuts_power = False
+    assert c.wait_for(lambda: b not in view_of(c, primary(c)), 1.5)
+    c.net.faults.sides = {}
+    c.fence_cuts_power = True
+    settle_and_check(c, 4.0)
+    sent = c.messages_sent()
+    missing = {t.name.lower() for t in MessageType} - set(sent)
+    assert not missing, f"never sent: {sorted(missing)}"
