@@ -13,7 +13,7 @@ from collections import deque
 
 from appliance.protocols.config import ProtocolConfig, gateway_group
 from appliance.protocols.events import Event
-from appliance.protocols.failure_detector import FailureDetector, WireState
+from appliance.protocols.failure_detector import FailureDetector, Suspicion, WireState
 from appliance.protocols.gateway import Gateway
 from appliance.protocols.group import GroupMember
 from appliance.protocols.ldmp.view import Member
@@ -142,6 +142,15 @@ class NodeEngine:
     @property
     def is_primary(self) -> bool:
         return self.member.is_primary
+
+    def suspicions(self, now: float) -> list[Suspicion]:
+        """Why this node suspects each peer it suspects (for status displays and logs)."""
+        out = []
+        for n in sorted(self.fd.watched()):
+            s = self.fd.suspicion(n, now)
+            if s is not None:
+                out.append(s)
+        return out
 
     def status(self) -> dict[str, object]:
         s = self.member.status()

@@ -611,6 +611,10 @@ class GroupMember:
     ) -> None:
         proposer = h.src_node
         n = h.view
+        if self.is_primary and self.view is not None and n > self.view.number:
+            # Someone fenced us (as far as it knows) and takes over: never two primaries.
+            self._reset(f"node {proposer} proposes itself primary of view {n}", now)
+            return
         if not any(m == self.me for m in body.members):
             return
         if self.role in (Role.JOINING, Role.LEARNING):
@@ -618,9 +622,6 @@ class GroupMember:
         if n <= self.promised or (self.view is not None and n <= self.view.number):
             promised = max(self.promised, self.view.number if self.view else 0)
             self._emit(PrimaryVote(proposer, False, promised, self.delivered))
-            return
-        if self.is_primary:
-            self._reset(f"node {proposer} proposes itself primary of view {n}", now)
             return
         self.promised = n
         if self.candidacy is not None:
