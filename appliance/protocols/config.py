@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from appliance.protocols.wire.datagram import DEFAULT_MAX_DATAGRAM
+from appliance.protocols.wire.datagram import DEFAULT_MAX_DATAGRAM, overhead
 
 SERVICE_GROUP = 1
 GATEWAY_GROUP_BASE = 0x8000
@@ -34,7 +34,9 @@ class ProtocolConfig:
     silence_timeout: float = 0.15
     flat_wire_timeout: float = 0.05
     rank_delay: float = 0.05
-    """Extra wait per rank before a backup fences: the primary fences first (no fence race)."""
+    """Extra wait per rank below the primary before a backup fences, so the primary's fence
+    lands first (no fence race); must exceed the fence device's latency. Skipped when the
+    heartbeat wire proves the node above is down."""
     ack_delay: float = 0.001
     nack_delay: float = 0.002
     initial_rto: float = 0.02
@@ -47,15 +49,23 @@ class ProtocolConfig:
     max_log: int = 4096
     """Ordered-log entries above the commit point; beyond it the primary stops ordering."""
     lag_timeout: float = 1.0
-    """A backup that holds back the commit point this long is a timing fault: fenced."""
+    """A backup that is behind and has not advanced for this long is a timing fault: fenced
+    (it then rejoins by state transfer, which keeps the log bounded)."""
     join_retry: float = 0.1
     found_timeout: float = 0.5
-    """Silence before viewless nodes found a new group (the lowest id fences the unheard)."""
+    """Quiet period before a new group is founded: only when every configured node is heard
+    without a view, and then by the lowest id (no startup fencing: state is in memory)."""
     proposal_retry: float = 0.03
     vote_timeout: float = 0.3
     fence_retry: float = 0.1
     state_chunk: int = 1024
     join_timeout: float = 5.0
+
+    @property
+    def max_payload(self) -> int:
+        """Largest application message that fits one datagram on every path (DATA, and ORDER
+        repair of a log entry): larger ones must be split by the application."""
+        return self.max_datagram - overhead(0) - 12 - 26
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -74,3 +84,14 @@ class ProtocolConfig:
             raise ValueError(f"batch_bytes {self.batch_bytes} exceeds max_datagram")
         if self.window < 1:
             raise ValueError("window must be at least 1")
+        if self.max_payload < 64:
+            raise ValueError(f"max_datagram {self.max_datagram} leaves no room for messages")
+
+
+def check_payload(cfg: ProtocolConfig, payload: bytes) -> None:
+    """Refuse a message that could never be delivered (nor repaired) rather than retry it."""
+    if len(payload) > cfg.max_payload:
+        raise ValueError(
+            f"message of {len(payload)} bytes exceeds max_payload {cfg.max_payload} "
+            f"(max_datagram {cfg.max_datagram})"
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from appliance.protocols.config import ProtocolConfig, gateway_group
+from appliance.protocols.config import ProtocolConfig, check_payload, gateway_group
 from appliance.protocols.events import Event, ReplyReceived, RequestsStable
 from appliance.protocols.llmp.receiver import InboundConnection
 from appliance.protocols.llmp.rto import RttEstimator
@@ -41,7 +41,11 @@ class Gateway:
         self.ack_due: float | None = None
 
     def submit(self, payload: bytes) -> int:
-        """Queue a request for the service group; returns its sequence number."""
+        """Queue a request for the service group; returns its sequence number.
+
+        Raises ValueError for a request larger than ``cfg.max_payload``.
+        """
+        check_payload(self.cfg, payload)
         return self.requests.send(payload)
 
     def on_datagram(self, d: Datagram, body: object, now: float) -> None:

@@ -13,7 +13,8 @@ suspects the primary, and is next in rank, asks its host to fence the primary (c
 and proposes itself only when the host reports it fenced; a primary removes a suspected backup
 only after fencing it. A node that was not fenced is therefore still in the view and holds every
 committed input, and a node that was fenced is off. The primary fences first; a backup waits an
-extra ``rank_delay`` per rank, so the two sides of a partition do not fence each other.
+extra ``rank_delay`` per rank below the primary, so the two sides of a partition do not fence
+each other (unless the heartbeat wire already proves the node above is down).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.protocols.config import ProtocolConfig, is_gateway_group
+from appliance.protocols.config import ProtocolConfig, check_payload, is_gateway_group
 from appliance.protocols.events import (
     Committed,
     Delivered,
@@ -172,6 +173,8 @@ class GroupMember:
         self.assembly: Assembly | None = None
         self.learning_from: Member | None = None
         self.learning_since = now
+        self.learning_snapshot = 0
+        self.last_install_ack = -NEVER
         self.suspect_since: float | None = None
         self.started = now
         self.primary_hint: tuple[Member, float] | None = None
@@ -203,6 +206,7 @@ class GroupMember:
         from an input a failover could lose never leaves the group, so every output a
         destination ever sees is one any future primary reproduces with the same number.
         """
+        check_payload(self.cfg, payload)
         return self._outbound(dst_group, conn_id).send(
             payload, self.delivered if after is None else after
         )
@@ -276,6 +280,12 @@ class GroupMember:
         if node == self.me.node or node not in self.fd.watched():
             return False
         return self.fd.health(node, now) is not Health.ALIVE
+
+    def _proven_down(self, node: int, now: float) -> bool:
+        """Restarted (new incarnation) or silent with a flat heartbeat wire."""
+        if node in self.dead:
+            return True
+        return node in self.fd.watched() and self.fd.health(node, now) is Health.CRASHED
 
     def _excludable(self, node: int) -> bool:
         """The fence gate: a member leaves a view only once fenced (or provably gone)."""
@@ -762,6 +772,8 @@ class GroupMember:
         self.learning_since = now
         self.events.append(SnapshotInstalled(index, app))
         self._set_role(Role.LEARNING, f"state from node {a.source.node} installed at {index}")
+        self.learning_snapshot = a.snapshot_id
+        self.last_install_ack = now
         self._emit(AcceptAck(AckKind.STATE_INSTALLED, a.snapshot_id, self.delivered))
 
     def _send_chunks(self, adm: Admission, which: Iterable[int], now: float) -> None:
@@ -948,7 +960,13 @@ class GroupMember:
         if above and all(self._failed(m.node, now) for m in above):
             if self.suspect_since is None:
                 self.suspect_since = now
-            if now >= self.suspect_since + (rank - 2) * self.cfg.rank_delay:
+            # The primary fences a silent backup after the silence timeout alone; a backup
+            # waits one more rank_delay per rank, so on a partition where both sides still
+            # reach the witness the primary's fence lands first. A flat heartbeat wire is
+            # proof the node above is not running: then there is no race and no wait.
+            proven_dead = all(self._proven_down(m.node, now) for m in above)
+            delay = 0.0 if proven_dead else (rank - 1) * self.cfg.rank_delay
+            if now >= self.suspect_since + delay:
                 targets = {
                     m.node for m in self.view.members if m != self.me and self._failed(m.node, now)
                 }
@@ -1036,6 +1054,11 @@ class GroupMember:
             or self._failed(src.node, now)
         ):
             self._reset("state transfer did not complete", now)
+        elif now >= self.last_install_ack + self.cfg.join_retry:
+            # The primary admits us only once it knows the snapshot is installed: repeat it.
+            self.last_install_ack = now
+            ack = AcceptAck(AckKind.STATE_INSTALLED, self.learning_snapshot, self.delivered)
+            self._emit(ack)
 
     # ------------------------------------------------------------------ flush
 

@@ -8,10 +8,11 @@ exponential backoff while retransmissions keep timing out.
 
 Two deliberate departures from RFC 6298, both because this runs on one LAN and not the Internet:
 
-* The RFC's 1 s minimum RTO is replaced by ``min_rto`` (5 ms by default). A Pi LAN round trip
-  is 0.2-1 ms, and failover is promised "well under a second"; a 1 s floor would make a single
-  lost datagram cost more than a whole failover.
-* The initial RTO (before any sample) is 50 ms rather than 1 s, for the same reason.
+* The RFC's 1 s minimum RTO is replaced by ``min_rto`` (5 ms by default; the protocol
+  configures 3 ms). A Pi LAN round trip is 0.2-1 ms, and failover is promised "well under a
+  second"; a 1 s floor would make a single lost datagram cost more than a whole failover.
+* The initial RTO (before any sample) is 50 ms by default (20 ms as the protocol configures
+  it) rather than 1 s, for the same reason.
 
 Karn's rule is the caller's job: feed :meth:`RttEstimator.on_sample` only round trips of
 messages that were never retransmitted, since the ack of a retransmitted message cannot be
