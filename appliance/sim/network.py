@@ -16,7 +16,8 @@ class NetworkFaults:
     outlier_delay: float = 0.005
     sides: dict[int, int] = field(default_factory=dict)
     """Partition: node -> side. Nodes on different sides do not hear each other."""
-    witness_side: int = 0
+    witness_side: int | None = 0
+    """The side that reaches the fencing witness; None: every side does (worst case)."""
 
 
 class SimNetwork:
@@ -34,7 +35,8 @@ class SimNetwork:
 
     def reaches_witness(self, node: int) -> bool:
         """The fencing health check: can this node still reach its witness (LAN gateway)?"""
-        return self.side(node) == self.faults.witness_side
+        w = self.faults.witness_side
+        return w is None or self.side(node) == w
 
     def arrivals(self, src: int, dests: list[int], now: float) -> list[tuple[float, int]]:
         """When (and whether) each destination receives one multicast datagram."""

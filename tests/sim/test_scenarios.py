@@ -155,6 +155,32 @@ def test_partitioned_primary_is_fenced_by_the_side_with_the_witness() -> None:
     settle_and_check(c)
 
 
+def test_when_both_sides_pass_the_health_check_the_primary_fences_first() -> None:
+    c = formed_cluster(seed=67)
+    p = primary(c)
+    c.net.faults.sides = {p: 1}
+    c.net.faults.witness_side = None  # both sides still reach their witness
+    c.run_until(c.now + 1.0)
+    assert c.primaries() == [p] and c.nodes[p].incarnation == 1, "the primary lost the race"
+    assert all(fencer == p for _, fencer, _ in c.fence_log)
+    settle_and_check(c)
+
+
+def test_oversized_messages_are_refused_up_front() -> None:
+    c = formed_cluster(seed=71)
+    sn = c.nodes[view_of(c, primary(c))[-1]]
+    assert sn.engine is not None
+    with pytest.raises(ValueError, match="max_payload"):
+        sn.engine.submit(b"x" * (c.cfg.max_payload + 1))
+    # A large one fits (the simulated service's reply adds "@index" to it).
+    big = b"x" * (c.cfg.max_payload - 16)
+    sn.requests[sn.engine.submit(big)] = big
+    acked = c.stats.acknowledged
+    assert c.wait_for(lambda: big in c.acked_payloads, 1.0)
+    assert c.stats.acknowledged > acked
+    settle_and_check(c)
+
+
 def test_isolated_backup_without_witness_does_not_fence_anyone() -> None:
     c = formed_cluster(seed=23)
     p = primary(c)
