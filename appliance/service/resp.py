@@ -160,7 +160,14 @@ _INT64_MAX: Final = 2**63 - 1
 
 
 def _line_text(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
+    """UTF-8, with the bytes the parser decoded as surrogate escapes restored.
+
+    A status or error line holding any other lone surrogate has no byte form: ValueError.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"line text {text!r} is not encodable: {e.reason}") from None
 
 
 def encode(value: RespValue) -> bytes:
