@@ -60,6 +60,10 @@ class ProtocolConfig:
     fence_retry: float = 0.1
     state_chunk: int = 1024
     join_timeout: float = 5.0
+    annexed: bool = False
+    """Every input carries an annex the primary's host attaches after executing it (VDF
+    records for semi-active replication, the state update for semi-passive); backups deliver
+    an input only with its annex."""
 
     @property
     def max_payload(self) -> int:

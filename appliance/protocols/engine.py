@@ -90,6 +90,14 @@ class NodeEngine:
         """
         return self.member.send(dst_group, conn_id, payload, after)
 
+    def leave(self, reason: str, now: float) -> None:
+        """Drop this replica's state and rejoin by state transfer (after a divergence)."""
+        self.member.leave(reason, now)
+
+    def annex(self, index: int, blob: bytes) -> None:
+        """Primary: attach what backups need to reproduce input ``index`` (see Delivered)."""
+        self.member.annex(index, blob)
+
     def fence_result(self, node: int, ok: bool, now: float) -> None:
         self.member.fence_result(node, ok, now)
 

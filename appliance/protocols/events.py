@@ -14,13 +14,19 @@ from appliance.protocols.messages import Role
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """The group's ``index``-th input, in the primary's total order: apply it."""
+    """The group's ``index``-th input, in the primary's total order: apply it.
+
+    ``annex`` is None when this node ordered it as primary: execute it, then attach the annex
+    (VDF records, or the state update) with ``annex(index, blob)`` before anything else.
+    Otherwise it is what the primary attached: replay the execution with it, or apply it.
+    """
 
     index: int
     src_group: int
     conn_id: int
     seq: int
     payload: bytes
+    annex: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

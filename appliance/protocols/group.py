@@ -159,6 +159,9 @@ class GroupMember:
         self.commit = 0
         self.log: dict[int, LogEntry] = {}
         self.pending: dict[int, OrderRecord | LogEntry] = {}
+        self.annex_pending: dict[int, bytes] = {}
+        self.annexed_upto = 0
+        """Primary: annexes are attached (by the host) to every entry up to here."""
         self.inbound: dict[ConnKey, InboundConnection] = {}
         self.outbound: dict[ConnKey, OutboundConnection] = {}
         self.acks: dict[int, int] = {}
@@ -219,6 +222,21 @@ class GroupMember:
         size = self.cfg.state_chunk
         adm.chunks = [blob[i : i + size] for i in range(0, len(blob), size)] or [b""]
         self._send_chunks(adm, range(len(adm.chunks)), now)
+
+    def leave(self, reason: str, now: float) -> None:
+        """The host cannot go on with this state (e.g. a replay diverged): drop it and rejoin."""
+        self._reset(reason, now)
+
+    def annex(self, index: int, blob: bytes) -> None:
+        """The primary's host attaches what backups need to reproduce input ``index``."""
+        if not self.cfg.annexed or not self.is_primary:
+            return
+        check_payload(self.cfg, blob)
+        e = self.log.get(index)
+        if e is None or index != self.annexed_upto + 1:
+            raise ValueError(f"annex for index {index}, expected {self.annexed_upto + 1}")
+        self.log[index] = LogEntry(e.index, e.src_group, e.conn_id, e.seq, e.payload, blob)
+        self.annexed_upto = index
 
     def fence_result(self, node: int, ok: bool, now: float) -> None:
         self.fence_pending.pop(node, None)
@@ -304,9 +322,10 @@ class GroupMember:
         """Ordering records not yet held by every member: piggybacked on what we send."""
         if not self.is_primary or room <= 0:
             return []
-        lo = max(self.commit, self.delivered - min(room, MAX_PIGGYBACK)) + 1
+        hi = self.annexed_upto
+        lo = max(self.commit, hi - min(room, MAX_PIGGYBACK)) + 1
         out = []
-        for i in range(lo, self.delivered + 1):
+        for i in range(lo, hi + 1):
             e = self.log.get(i)
             if e is not None:
                 out.append(OrderRecord(i, e.src_group, e.conn_id, e.seq))
@@ -338,14 +357,23 @@ class GroupMember:
 
     # ------------------------------------------------------------------ delivery
 
-    def _deliver(self, entry: LogEntry) -> None:
+    def _deliver(self, entry: LogEntry, ordered_here: bool = False) -> None:
         self.delivered = entry.index
         self.log[entry.index] = entry
+        if not ordered_here or not self.cfg.annexed:
+            self.annexed_upto = entry.index
         self._inbound(entry.src_group, entry.conn_id).mark_delivered(entry.seq)
         if is_gateway_group(entry.src_group):
             self._forget_older_connections(entry.src_group, entry.conn_id)
         self.events.append(
-            Delivered(entry.index, entry.src_group, entry.conn_id, entry.seq, entry.payload)
+            Delivered(
+                entry.index,
+                entry.src_group,
+                entry.conn_id,
+                entry.seq,
+                entry.payload,
+                None if ordered_here else entry.annex,
+            )
         )
 
     def _forget_older_connections(self, src_group: int, conn_id: int) -> None:
@@ -370,7 +398,8 @@ class GroupMember:
                     self.order_stalled += 1
                     return
                 seq, payload = nxt
-                self._deliver(LogEntry(self.delivered + 1, key[0], key[1], seq, payload))
+                entry = LogEntry(self.delivered + 1, key[0], key[1], seq, payload)
+                self._deliver(entry, ordered_here=True)
                 ib = self.inbound.get(key)
 
     def _try_deliver(self) -> None:
@@ -380,8 +409,14 @@ class GroupMember:
             item = self.pending.get(idx)
             if item is None:
                 return
+            annex = b""
+            if self.cfg.annexed:
+                found = self.annex_pending.get(idx)
+                if found is None:
+                    return  # the primary's annex has not arrived yet
+                annex = found
             if isinstance(item, LogEntry):
-                entry = item
+                entry = LogEntry(idx, item.src_group, item.conn_id, item.seq, item.payload, annex)
             else:
                 ib = self._inbound(item.src_group, item.conn_id)
                 if item.seq <= ib.delivered:
@@ -391,8 +426,9 @@ class GroupMember:
                 payload = ib.payload(item.seq)
                 if payload is None or item.seq != ib.delivered + 1:
                     return
-                entry = LogEntry(idx, item.src_group, item.conn_id, item.seq, payload)
+                entry = LogEntry(idx, item.src_group, item.conn_id, item.seq, payload, annex)
             self.pending.pop(idx)
+            self.annex_pending.pop(idx, None)
             self._deliver(entry)
 
     def _advance_commit(self, new: int) -> None:
@@ -416,7 +452,7 @@ class GroupMember:
     def _primary_commit(self) -> None:
         if not self.is_primary or self.view is None:
             return
-        low = self.delivered
+        low = self.annexed_upto  # an input counts once the host attached its annex
         for m in self.view.backups:
             low = min(low, self.acks.get(m.node, 0))
         self._advance_commit(low)
@@ -527,11 +563,13 @@ class GroupMember:
     def _send_repair(self, ranges: tuple[tuple[int, int], ...]) -> None:
         entries: list[LogEntry] = []
         size = 0
+        found: list[LogEntry] = []
         for lo, hi in ranges:
-            for i in range(lo, min(hi, self.delivered) + 1):
+            for i in range(lo, min(hi, self.annexed_upto) + 1):
                 e = self.log.get(i)
                 if e is None:
                     continue
+                found.append(e)
                 if (
                     size + len(e.payload) + 40 > self.cfg.batch_bytes
                     or len(entries) >= MAX_REPAIR_ENTRIES
@@ -542,6 +580,34 @@ class GroupMember:
                 size += len(e.payload) + 40
         if entries:
             self._emit(Order(self.commit, tuple(entries)))
+        if self.cfg.annexed:
+            self._send_annexes(found, with_records=False)
+
+    def _send_annexes(self, entries: list[LogEntry], with_records: bool) -> None:
+        """ORDER messages carrying annexes (and, for fresh entries, their ordering records)."""
+        batch: list[LogEntry] = []
+        size = 0
+
+        def flush() -> None:
+            records = [OrderRecord(e.index, e.src_group, e.conn_id, e.seq) for e in batch]
+            body = Order(self.commit, (), tuple((e.index, e.annex) for e in batch))
+            self.out.emit(
+                body,
+                src_group=self.group,
+                dst_group=self.group,
+                view=self.view.number if self.view is not None else self.promised,
+                records=records if with_records else (),
+            )
+
+        for e in entries:
+            cost = len(e.annex) + 12 + (22 if with_records else 0)
+            if batch and (size + cost > self.cfg.batch_bytes or len(batch) >= MAX_PIGGYBACK):
+                flush()
+                batch, size = [], 0
+            batch.append(e)
+            size += cost
+        if batch:
+            flush()
 
     def _on_order(self, h: Header, body: Order, now: float, from_primary: bool) -> None:
         c = self.candidacy
@@ -554,6 +620,9 @@ class GroupMember:
             if e.index > self.delivered:
                 self.pending[e.index] = e
                 self.known_end = max(self.known_end, e.index)
+        for index, annex in body.annexes:
+            if index > self.delivered:
+                self.annex_pending[index] = annex
         if c is not None and c.phase is Phase.RECOVERING:
             self._try_deliver()
             self._maybe_finish_recovery(now)
@@ -611,6 +680,7 @@ class GroupMember:
         if primary_changed:
             # Records from an older primary that we never delivered are void now.
             self.pending = {i: p for i, p in self.pending.items() if i <= self.delivered}
+            self.annex_pending.clear()
             self.known_end = self.delivered
         self._install_view(view, now)
         self.suspect_since = None
@@ -767,6 +837,8 @@ class GroupMember:
         self.delivered = self.commit = self.known_end = index
         self.log.clear()
         self.pending.clear()
+        self.annex_pending.clear()
+        self.annexed_upto = index
         self.assembly = None
         self.learning_from = a.source
         self.learning_since = now
@@ -805,6 +877,8 @@ class GroupMember:
         self.last_ack_sent = 0
         self.log.clear()
         self.pending.clear()
+        self.annex_pending.clear()
+        self.annexed_upto = 0
         self.inbound.clear()
         self.outbound.clear()
         self.acks.clear()
@@ -816,6 +890,11 @@ class GroupMember:
         self.nacks_due.clear()
         self.primary_hint = None
         self.started = now
+        # Inputs not yet applied by the host belong to the state being dropped.
+        stale = (Delivered, Committed, SnapshotInstalled, SnapshotRequested)
+        kept = [ev for ev in self.events if not isinstance(ev, stale)]
+        self.events.clear()
+        self.events.extend(kept)
         self.events.append(StateReset(reason))
         self._set_role(Role.JOINING, reason)
 
@@ -862,6 +941,7 @@ class GroupMember:
         c.phase = Phase.RECOVERING
         c.source, c.target = max(c.votes.items(), key=lambda kv: (kv[1], -kv[0]))
         self.pending = {i: p for i, p in self.pending.items() if i <= self.delivered}
+        self.annex_pending.clear()
         c.last_sent = -NEVER
         self._maybe_finish_recovery(now)
 
@@ -1069,7 +1149,13 @@ class GroupMember:
             self._primary_commit()
             self._flush_outbound(now)
             self._flush_acks(now)
-            if self.delivered > max(self.record_sent_upto, self.commit):
+            if self.cfg.annexed:
+                lo = max(self.record_sent_upto, self.commit) + 1
+                if self.annexed_upto >= lo:
+                    fresh = [self.log[i] for i in range(lo, self.annexed_upto + 1)]
+                    self._send_annexes(fresh, with_records=True)
+                    self.record_sent_upto = self.annexed_upto
+            elif self.delivered > max(self.record_sent_upto, self.commit):
                 self._emit(Order(self.commit))
         elif self.role in (Role.BACKUP, Role.LEARNING, Role.CANDIDATE):
             self._try_deliver()
@@ -1087,7 +1173,7 @@ class GroupMember:
             primary = self.view.primary
         if primary is None:
             return
-        end = max(self.known_end, max(self.pending, default=0))
+        end = max(self.known_end, max(self.pending, default=0), max(self.annex_pending, default=0))
         if end <= self.delivered or now < self.last_nack + self.cfg.nack_delay * 4:
             return
         self.last_nack = now

@@ -369,20 +369,28 @@ class LogEntry:
     conn_id: int
     seq: int
     payload: bytes
+    annex: bytes = b""
+    """What the primary's host attached after executing it (VDF records or state update).
+    Not part of the entry on the wire: annexes travel in ``Order.annexes``."""
 
 
 @dataclass(frozen=True, slots=True)
 class Order:
-    """Ordering records in the header; full entries in the body when repairing."""
+    """Ordering records in the header; in the body, the commit point, full entries when
+    repairing, and the annexes of the entries (replication styles: VDF records or effects)."""
 
     TYPE: ClassVar[MessageType] = MessageType.ORDER
     commit: int
     entries: tuple[LogEntry, ...] = ()
+    annexes: tuple[tuple[int, bytes], ...] = ()
 
     def encode(self) -> bytes:
         w = Writer().u64(self.commit).u32(len(self.entries))
         for e in self.entries:
             w.u64(e.index).u16(e.src_group).u32(e.conn_id).u64(e.seq).blob(e.payload)
+        w.u32(len(self.annexes))
+        for index, annex in self.annexes:
+            w.u64(index).blob(annex)
         return w.getvalue()
 
     @classmethod
@@ -391,8 +399,10 @@ class Order:
         commit = r.u64()
         n = r.count(MAX_BATCH)
         entries = tuple(LogEntry(r.u64(), r.u16(), r.u32(), r.u64(), r.blob()) for _ in range(n))
+        n = r.count(MAX_BATCH)
+        annexes = tuple((r.u64(), r.blob()) for _ in range(n))
         r.finish()
-        return cls(commit, entries)
+        return cls(commit, entries, annexes)
 
 
 BODY_TYPES: dict[MessageType, type] = {

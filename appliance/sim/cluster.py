@@ -38,8 +38,36 @@ from appliance.protocols.events import (
     ViewInstalled,
 )
 from appliance.protocols.messages import Role
+from appliance.protocols.replication import Replicator, Style
 from appliance.protocols.wire.fields import Reader, Writer
+from appliance.service.app import KVApplication
+from appliance.service.resp import encode
 from appliance.sim.network import SimNetwork
+
+
+def kv_request(rng: random.Random, tag: str) -> bytes:
+    """A random command of the KV workload: writes, reads, TTLs and random keys."""
+    key = f"k{rng.randrange(12)}"
+    roll = rng.random()
+    if roll < 0.35:
+        argv = ["SET", key, tag]
+    elif roll < 0.45:
+        argv = ["SET", key, tag, "PX", str(rng.randrange(20, 400))]
+    elif roll < 0.55:
+        argv = ["INCR", f"c{rng.randrange(3)}"]
+    elif roll < 0.62:
+        argv = ["APPEND", key, "+"]
+    elif roll < 0.70:
+        argv = ["PEXPIRE", key, str(rng.randrange(10, 300))]
+    elif roll < 0.75:
+        argv = ["RANDOMKEY"]
+    elif roll < 0.80:
+        argv = ["DEL", key]
+    elif roll < 0.90:
+        argv = ["GET", key]
+    else:
+        argv = ["PTTL", key]
+    return encode([a.encode() for a in argv])
 
 
 class InvariantViolation(AssertionError):
@@ -60,6 +88,11 @@ def decode_log(data: bytes) -> list[bytes]:
     return out
 
 
+def request_id(group: int, conn_id: int, seq: int) -> bytes:
+    """A request's identity: its gateway connection and sequence number on it."""
+    return b"%d:%d:%d" % (group, conn_id, seq)
+
+
 def chain_hash(prev: bytes, payload: bytes) -> bytes:
     return hashlib.blake2b(prev + payload, digest_size=8).digest()
 
@@ -77,6 +110,7 @@ class SimNode:
     timer_gen: int = 0
     requests: dict[int, bytes] = field(default_factory=dict)
     replies: dict[int, bytes] = field(default_factory=dict)
+    replicator: Replicator | None = None
     stable: int = 0
     next_request: int = 0
     power_on_at: float | None = None
@@ -103,12 +137,18 @@ class SimCluster:
         nodes: int = 3,
         cfg: ProtocolConfig | None = None,
         trace: Callable[[str], None] | None = None,
+        style: Style | None = None,
     ) -> None:
+        """``style`` None: a bare replicated log; otherwise the KV service replicated in it."""
         self.seed = seed
         self.rng = random.Random(seed)
+        self.style = style
         ids = tuple(range(1, nodes + 1))
         self.cfg = cfg or ProtocolConfig(
-            cluster_id=0xC1, nodes=ids, key=b"sim-key-" + bytes([7] * 24)
+            cluster_id=0xC1,
+            nodes=ids,
+            key=b"sim-key-" + bytes([7] * 24),
+            annexed=style is not None,
         )
         self.net = SimNetwork(self.rng)
         self.now = 0.0
@@ -117,8 +157,8 @@ class SimCluster:
         self.nodes = {n: SimNode(n) for n in self.cfg.nodes}
         self.trace = trace
         self.stats = SimStats()
-        self.acked: dict[int, bytes] = {}  # log index -> payload of an acknowledged request
-        self.acked_payloads: set[bytes] = set()
+        self.acked: dict[bytes, int | None] = {}
+        """Acknowledged requests (gateway group:connection:seq) and, when known, their index."""
         self.client_rate = 40.0  # requests per second per node
         self.clients_on = True
         self.fence_latency = 0.01
@@ -204,6 +244,14 @@ class SimCluster:
         sn.replies.clear()
         sn.stable = 0
         sn.power_on_at = None
+        if self.style is not None:
+            sn.replicator = Replicator(
+                sn.engine,
+                KVApplication,
+                self.style,
+                clock=lambda: 1_700_000_000_000 + int(self.now * 1000),
+                entropy=self.rng.randbytes,
+            )
         self.log(f"node {node} powered on (incarnation {sn.incarnation})")
         self._step(sn)
         self._schedule_client(sn)
@@ -290,31 +338,39 @@ class SimCluster:
                 raise InvariantViolation(
                     f"node {sn.node} delivered index {ev.index} after {len(sn.log)} entries"
                 )
-            sn.log.append(ev.payload)
-            sn.chain.append(chain_hash(sn.chain[-1], ev.payload))
-            want = self.acked.get(ev.index)
-            if want is not None and want != ev.payload:
+            ident = request_id(ev.src_group, ev.conn_id, ev.seq)
+            sn.log.append(ident)
+            sn.chain.append(chain_hash(sn.chain[-1], ident))
+            at = self.acked.get(ident)
+            if at is not None and at != ev.index:
                 raise InvariantViolation(
-                    f"node {sn.node} delivered {ev.payload!r} at index {ev.index} where the "
-                    f"acknowledged request {want!r} was"
+                    f"node {sn.node} delivered acknowledged request {ident!r} at index "
+                    f"{ev.index}, not at {at}"
                 )
-            if is_gateway_group(ev.src_group):
+            if sn.replicator is not None:
+                sn.replicator.handle(ev, self.now)
+            elif is_gateway_group(ev.src_group):
                 reply = ev.payload + b"@" + str(ev.index).encode()
                 eng.send(ev.src_group, ev.conn_id, reply, after=ev.index)
         elif isinstance(ev, SnapshotRequested):
-            eng.provide_snapshot(ev.snapshot_id, encode_log(sn.log[: ev.index]), self.now)
+            w = Writer().blob(encode_log(sn.log[: ev.index]))
+            w.blob(sn.replicator.snapshot() if sn.replicator is not None else b"")
+            eng.provide_snapshot(ev.snapshot_id, w.getvalue(), self.now)
         elif isinstance(ev, SnapshotInstalled):
-            sn.log = decode_log(ev.app_state)
+            r = Reader(ev.app_state)
+            sn.log, app_state = decode_log(r.blob()), r.blob()
+            r.finish()
+            if sn.replicator is not None:
+                sn.replicator.restore(app_state)
             sn.chain = [b""]
-            for p in sn.log:
-                sn.chain.append(chain_hash(sn.chain[-1], p))
-            for i, p in self.acked.items():
-                if i <= len(sn.log) and sn.log[i - 1] != p:
-                    raise InvariantViolation(f"snapshot on node {sn.node} lost acked index {i}")
+            for ident in sn.log:
+                sn.chain.append(chain_hash(sn.chain[-1], ident))
         elif isinstance(ev, StateReset):
             self.log(f"node {sn.node} reset: {ev.reason}")
             sn.log = []
             sn.chain = [b""]
+            if sn.replicator is not None:
+                sn.replicator.handle(ev, self.now)
         elif isinstance(ev, FenceRequested):
             self._fence(sn, ev)
         elif isinstance(ev, RoleChanged):
@@ -322,10 +378,11 @@ class SimCluster:
             self.role_log.append((self.now, sn.node, ev.role))
             if ev.role is Role.PRIMARY:
                 self.stats.primary_changes += 1
-                missing = [i for i in self.acked if i > len(sn.log)]
+                have = set(sn.log)
+                missing = [i for i in self.acked if i not in have]
                 if missing:
                     raise InvariantViolation(
-                        f"node {sn.node} became primary without acknowledged indices "
+                        f"node {sn.node} became primary without acknowledged requests "
                         f"{missing[:5]} (log has {len(sn.log)})"
                     )
         elif isinstance(ev, ViewInstalled):
@@ -339,21 +396,27 @@ class SimCluster:
 
     def _acknowledge(self, sn: SimNode) -> None:
         """A client sees its request done once the reply is in and the request is stable."""
+        eng = sn.engine
+        assert eng is not None
         for seq in [s for s in sn.replies if s <= sn.stable]:
             reply = sn.replies.pop(seq)
             request = sn.requests.pop(seq, None)
-            payload, _, idx = reply.rpartition(b"@")
-            if request is None or payload != request:
-                raise InvariantViolation(
-                    f"node {sn.node} got reply {reply!r} for request {seq} ({request!r})"
-                )
-            index = int(idx)
-            if index in self.acked and self.acked[index] != payload:
-                raise InvariantViolation(f"index {index} acknowledged twice")
-            if payload in self.acked_payloads:
-                raise InvariantViolation(f"request {payload!r} acknowledged twice")
-            self.acked[index] = payload
-            self.acked_payloads.add(payload)
+            if request is None:
+                raise InvariantViolation(f"node {sn.node} got reply {reply!r} for no request")
+            index: int | None = None
+            if self.style is None:
+                payload, _, idx = reply.rpartition(b"@")
+                if payload != request:
+                    raise InvariantViolation(
+                        f"node {sn.node} got reply {reply!r} for request {seq} ({request!r})"
+                    )
+                index = int(idx)
+            elif not reply.startswith((b"+", b"-", b":", b"$", b"*")):
+                raise InvariantViolation(f"node {sn.node} got a non-RESP reply {reply!r}")
+            ident = request_id(eng.gateway.group, eng.gateway.conn_id, seq)
+            if ident in self.acked:
+                raise InvariantViolation(f"request {ident!r} acknowledged twice")
+            self.acked[ident] = index
             self.stats.acknowledged += 1
 
     def _fence(self, sn: SimNode, ev: FenceRequested) -> None:
@@ -392,7 +455,11 @@ class SimCluster:
             return
         if not sn.paused and sn.engine.gateway.in_flight + sn.engine.gateway.backlog < 64:
             sn.next_request += 1
-            payload = f"n{node}.{inc}.r{sn.next_request}".encode()
+            payload = (
+                f"n{node}.{inc}.r{sn.next_request}".encode()
+                if self.style is None
+                else kv_request(self.rng, f"n{node}.{inc}.r{sn.next_request}")
+            )
             seq = sn.engine.submit(payload)
             sn.requests[seq] = payload
             self.stats.requests += 1
@@ -489,9 +556,17 @@ class SimCluster:
                 )
         if len(set(p.log)) != len(p.log):
             raise InvariantViolation("a request was applied twice")
-        for i, payload in self.acked.items():
-            if i > len(p.log) or p.log[i - 1] != payload:
-                raise InvariantViolation(f"acknowledged request {payload!r} at {i} was lost")
+        have = set(p.log)
+        for ident in self.acked:
+            if ident not in have:
+                raise InvariantViolation(f"acknowledged request {ident!r} was lost")
+        if p.replicator is not None:
+            digest = p.replicator.app.digest()
+            for s in self.nodes.values():
+                if s.replicator is not None and s.alive and s.replicator.app.digest() != digest:
+                    raise InvariantViolation(
+                        f"node {s.node}'s state digest differs from the primary's"
+                    )
         for s in self.nodes.values():
             if s.engine is not None and s.engine.gateway.in_flight:
                 raise InvariantViolation(

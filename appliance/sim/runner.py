@@ -17,12 +17,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from appliance.protocols.replication import Style
 from appliance.sim.cluster import InvariantViolation, SimCluster
+
+STYLES: tuple[Style | None, ...] = (None, Style.SEMI_ACTIVE, Style.SEMI_PASSIVE)
+STYLE_NAMES = {"log": None, "semi-active": Style.SEMI_ACTIVE, "semi-passive": Style.SEMI_PASSIVE}
 
 
 @dataclass
 class SeedResult:
     seed: int
+    style: str
     ok: bool
     error: str
     requests: int
@@ -33,7 +38,7 @@ class SeedResult:
 
     @property
     def replay(self) -> str:
-        return f"appliance sim --seed {self.seed} --trace"
+        return f"appliance sim --seed {self.seed} --style {self.style} --trace"
 
 
 def _nemesis(c: SimCluster, rng: random.Random, start: float, end: float) -> list[str]:
@@ -103,8 +108,14 @@ def run_seed(
     duration: float = 4.0,
     settle: float = 4.0,
     trace: Callable[[str], None] | None = None,
+    style: Style | str | None = "mixed",
 ) -> SeedResult:
-    c = SimCluster(seed, nodes=nodes, trace=trace)
+    """One seeded run. ``style`` "mixed" picks by seed: a bare log, semi-active KV, or
+    semi-passive KV (seed % 3), so a seed always replays in the same mode."""
+    if style == "mixed":
+        style = STYLES[seed % 3]
+    assert not isinstance(style, str)
+    c = SimCluster(seed, nodes=nodes, trace=trace, style=style)
     rng = random.Random(seed * 7919 + 1)
     faults = _nemesis(c, rng, 1.0, duration)
     error = ""
@@ -124,6 +135,7 @@ def run_seed(
         error = str(e)
     return SeedResult(
         seed,
+        style.value if style is not None else "log",
         not error,
         error,
         c.stats.requests,
@@ -134,20 +146,28 @@ def run_seed(
     )
 
 
-def _run_one(args: tuple[int, int]) -> SeedResult:
-    return run_seed(args[0], nodes=args[1])
+def _run_one(args: tuple[int, int, str]) -> SeedResult:
+    return run_seed(args[0], nodes=args[1], style=_style(args[2]))
+
+
+def _style(name: str) -> Style | str | None:
+    return "mixed" if name == "mixed" else STYLE_NAMES[name]
 
 
 def run_many(
-    seeds: list[int], nodes: int = 3, jobs: int = 1, trace: Callable[[str], None] | None = None
+    seeds: list[int],
+    nodes: int = 3,
+    jobs: int = 1,
+    trace: Callable[[str], None] | None = None,
+    style: str = "mixed",
 ) -> Iterator[SeedResult]:
     """Run seeds, in parallel processes when ``jobs`` > 1 (each seed is independent)."""
     if jobs <= 1 or len(seeds) < 2 or trace is not None:
         for s in seeds:
-            yield run_seed(s, nodes=nodes, trace=trace)
+            yield run_seed(s, nodes=nodes, trace=trace, style=_style(style))
         return
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        yield from pool.imap(_run_one, [(s, nodes) for s in seeds], chunksize=4)
+        yield from pool.imap(_run_one, [(s, nodes, style) for s in seeds], chunksize=4)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,20 +177,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=0, help="first seed of the range")
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--trace", action="store_true", help="print every protocol event")
+    ap.add_argument(
+        "--style",
+        choices=["mixed", *STYLE_NAMES],
+        default="mixed",
+        help="what is replicated: a bare log, or the KV service semi-actively or "
+        "semi-passively; mixed (default) picks by seed",
+    )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes")
     args = ap.parse_args(argv)
     trace = print if args.trace else None
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     failed = 0
     t0 = time.monotonic()
-    for r in run_many(list(seeds), args.nodes, args.jobs, trace):
+    for r in run_many(list(seeds), args.nodes, args.jobs, trace, args.style):
         s = r.seed
         if not r.ok:
             failed += 1
             print(f"seed {s} FAILED: {r.error}\n  faults: {r.faults}\n  replay: {r.replay}")
         elif args.seed is not None:
             print(
-                f"seed {s} ok: {r.requests} requests, {r.acknowledged} acknowledged, "
+                f"seed {s} ({r.style}) ok: {r.requests} requests, {r.acknowledged} acknowledged, "
                 f"{r.primary_changes} primary changes, {r.fences} fences"
             )
     n = len(seeds)

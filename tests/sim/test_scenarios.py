@@ -11,7 +11,7 @@ import pytest
 
 from appliance.protocols.messages import Role
 from appliance.protocols.wire.header import MessageType
-from appliance.sim.cluster import InvariantViolation, SimCluster, chain_hash
+from appliance.sim.cluster import InvariantViolation, SimCluster, chain_hash, request_id
 
 
 def formed_cluster(seed: int = 1, nodes: int = 3) -> SimCluster:
@@ -83,8 +83,9 @@ def test_primary_crash_fences_before_promotion_and_keeps_acknowledged_writes() -
     assert failover < cfg.silence_timeout + cfg.rank_delay + c.fence_latency + 0.1
     eng = c.nodes[new].engine
     assert eng is not None
-    for i, payload in acked_before.items():
-        assert c.nodes[new].log[i - 1] == payload
+    assert acked_before
+    for ident, index in acked_before.items():
+        assert index is not None and c.nodes[new].log[index - 1] == ident
     settle_and_check(c)
     assert set(view_of(c, new)) == {1, 2, 3}  # the fenced node power-cycled and rejoined
 
@@ -174,10 +175,10 @@ def test_oversized_messages_are_refused_up_front() -> None:
         sn.engine.submit(b"x" * (c.cfg.max_payload + 1))
     # A large one fits (the simulated service's reply adds "@index" to it).
     big = b"x" * (c.cfg.max_payload - 16)
-    sn.requests[sn.engine.submit(big)] = big
-    acked = c.stats.acknowledged
-    assert c.wait_for(lambda: big in c.acked_payloads, 1.0)
-    assert c.stats.acknowledged > acked
+    seq = sn.engine.submit(big)
+    sn.requests[seq] = big
+    ident = request_id(sn.engine.gateway.group, sn.engine.gateway.conn_id, seq)
+    assert c.wait_for(lambda: ident in c.acked, 1.0)
     settle_and_check(c)
 
 
@@ -278,8 +279,7 @@ def test_checker_catches_a_lost_acknowledged_write() -> None:
     c = formed_cluster(seed=59)
     c.run_until(c.now + 0.5)
     assert c.acked
-    index = max(c.acked)
-    c.acked[index + 1000] = b"never written"
+    c.acked[b"32769:1:999999"] = None  # plant an acknowledgement of a request never made
     c.clients_on = False
     c.run_until(c.now + 1.0)
     with pytest.raises(InvariantViolation, match="lost"):
