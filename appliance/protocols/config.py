@@ -69,7 +69,9 @@ class ProtocolConfig:
     def max_payload(self) -> int:
         """Largest application message that fits one datagram on every path (DATA, and ORDER
         repair of a log entry): larger ones must be split by the application."""
-        return self.max_datagram - overhead(0) - 12 - 26
+        order_repair = 8 + 4 + 26 + 4  # commit, entry count, one entry's framing, annex count
+        data = 4 + 20 + 4 + 2 + 2 * len(self.nodes)  # count, seq+after, length, required backups
+        return self.max_datagram - overhead(0) - max(order_repair, data)
 
     def __post_init__(self) -> None:
         if not self.nodes:

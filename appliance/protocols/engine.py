@@ -122,7 +122,8 @@ class NodeEngine:
         """Our own gateway talks to our own replica too: multicast loopback, done in-process."""
         local, self.out.local = self.out.local, []
         for d, body in local:
-            if d.header.dst_group == self.cfg.service_group:
+            h = d.header
+            if h.dst_group == self.cfg.service_group and h.src_group != h.dst_group:
                 self.member.on_datagram(d, body, now)
             else:
                 self.gateway.on_datagram(d, body, now)

@@ -15,10 +15,22 @@ from collections import deque
 
 from appliance.protocols.config import ProtocolConfig, check_payload, gateway_group
 from appliance.protocols.events import Event, ReplyReceived, RequestsStable
-from appliance.protocols.llmp.receiver import InboundConnection
+from appliance.protocols.llmp.commit_gate import CommitGate
 from appliance.protocols.llmp.rto import RttEstimator
 from appliance.protocols.llmp.sender import OutboundConnection
-from appliance.protocols.messages import Data, DataEntry, FirstAck, Nack, NackKind
+from appliance.protocols.messages import (
+    DATA_ENTRY_OVERHEAD,
+    Data,
+    DataEntry,
+    FirstAck,
+    Heartbeat,
+    Nack,
+    NackKind,
+    Order,
+    Role,
+    SecondAck,
+    data_size,
+)
 from appliance.protocols.outbox import Outbox
 from appliance.protocols.wire.datagram import Datagram
 
@@ -35,7 +47,7 @@ class Gateway:
         self.events = events
         rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
         self.requests = OutboundConnection(cfg.service_group, self.conn_id, cfg.window, rtt)
-        self.replies = InboundConnection(cfg.service_group, self.conn_id, cfg.window)
+        self.gate = CommitGate(cfg.window)
         self.stable = 0
         self.ack_sent = 0
         self.ack_due: float | None = None
@@ -50,33 +62,45 @@ class Gateway:
 
     def on_datagram(self, d: Datagram, body: object, now: float) -> None:
         h = d.header
-        if (
-            h.src_group != self.cfg.service_group
-            or h.dst_group != self.group
-            or h.conn_id != self.conn_id
-        ):
+        if h.src_group != self.cfg.service_group:
             return
-        if isinstance(body, Data):
-            self._acked(h.ack, now, None)
-            for e in body.entries:
-                self.replies.offer(e.seq, e.payload)
-            for seq, payload in self.replies.pop_ready():
-                self.events.append(ReplyReceived(seq, payload))
-            if self.replies.delivered > self.ack_sent and self.ack_due is None:
-                self.ack_due = now + self.cfg.ack_delay
-            gaps = self.replies.gaps()
-            if gaps:  # ask the service primary (target 0: whoever it is) to fill them now
-                self.out.emit(
-                    Nack(0, NackKind.MESSAGES, tuple(gaps)),
-                    src_group=self.group,
-                    dst_group=self.cfg.service_group,
-                    conn_id=self.conn_id,
-                    ack=self.replies.delivered,
-                )
-        elif isinstance(body, FirstAck):
-            self._acked(h.ack, now, body.credit)
-        elif isinstance(body, Nack) and body.kind is NackKind.MESSAGES and body.target == self.node:
-            self.requests.on_nack(body.ranges)
+        # Commit evidence, heard on the multicast group whatever its destination.
+        if isinstance(body, SecondAck):
+            self.gate.backup_ack(h.src_node, h.view, body.delivered)
+        elif isinstance(body, Heartbeat):
+            if body.role is Role.BACKUP:
+                self.gate.backup_ack(h.src_node, h.view, body.delivered)
+            elif body.role is Role.PRIMARY:
+                self.gate.commit_announced(h.view, body.commit)
+        elif isinstance(body, Order):
+            self.gate.commit_announced(h.view, body.commit)
+        if h.dst_group == self.group and h.conn_id == self.conn_id:
+            if isinstance(body, Data):
+                self._acked(h.ack, now, None)
+                for e in body.entries:
+                    self.gate.offer(e.seq, e.payload, e.after, body.requires, h.view)
+                gaps = self.gate.gaps()
+                if gaps:  # ask the service primary (target 0: whoever it is) to fill them now
+                    self.out.emit(
+                        Nack(0, NackKind.MESSAGES, tuple(gaps)),
+                        src_group=self.group,
+                        dst_group=self.cfg.service_group,
+                        conn_id=self.conn_id,
+                        ack=self.gate.released,
+                    )
+            elif isinstance(body, FirstAck):
+                self._acked(h.ack, now, body.credit)
+            elif (
+                isinstance(body, Nack)
+                and body.kind is NackKind.MESSAGES
+                and body.target == self.node
+            ):
+                self.requests.on_nack(body.ranges)
+        released = self.gate.release()
+        for seq, payload in released:
+            self.events.append(ReplyReceived(seq, payload))
+        if released and self.ack_due is None:
+            self.ack_due = now + self.cfg.ack_delay
 
     def _acked(self, ack: int, now: float, credit: int | None) -> None:
         self.requests.on_ack(ack, now, credit)
@@ -87,30 +111,30 @@ class Gateway:
     def flush(self, now: float) -> None:
         due = self.requests.due(now)
         batch: list[DataEntry] = []
-        size = 0
+        size = data_size(0)
         for m in due:
-            if batch and size + len(m.payload) + 12 > self.cfg.batch_bytes:
+            if batch and size + len(m.payload) + DATA_ENTRY_OVERHEAD > self.cfg.batch_bytes:
                 self._send(batch)
-                batch, size = [], 0
+                batch, size = [], data_size(0)
             batch.append(DataEntry(m.seq, m.payload))
-            size += len(m.payload) + 12
+            size += len(m.payload) + DATA_ENTRY_OVERHEAD
             self.requests.mark_sent(m, now)
         if batch:
             self._send(batch)
         if self.ack_due is not None and now >= self.ack_due:
             self.ack_due = None
-            if self.replies.delivered > self.ack_sent:
-                self.ack_sent = self.replies.delivered
+            if self.gate.released > self.ack_sent:
+                self.ack_sent = self.gate.released
                 self.out.emit(
-                    FirstAck(self.replies.window),
+                    FirstAck(self.gate.window),
                     src_group=self.group,
                     dst_group=self.cfg.service_group,
                     conn_id=self.conn_id,
-                    ack=self.replies.delivered,
+                    ack=self.gate.released,
                 )
 
     def _send(self, batch: list[DataEntry]) -> None:
-        self.ack_sent = self.replies.delivered
+        self.ack_sent = self.gate.released
         self.ack_due = None
         self.out.emit(
             Data(tuple(batch)),
@@ -118,7 +142,7 @@ class Gateway:
             dst_group=self.cfg.service_group,
             conn_id=self.conn_id,
             seq=batch[0].seq,
-            ack=self.replies.delivered,
+            ack=self.gate.released,
         )
 
     def next_deadline(self) -> float | None:

@@ -43,6 +43,7 @@ from appliance.protocols.llmp.receiver import InboundConnection
 from appliance.protocols.llmp.rto import RttEstimator
 from appliance.protocols.llmp.sender import OutboundConnection
 from appliance.protocols.messages import (
+    DATA_ENTRY_OVERHEAD,
     AcceptAck,
     AcceptBackup,
     AckKind,
@@ -63,6 +64,7 @@ from appliance.protocols.messages import (
     Role,
     SecondAck,
     StateChunk,
+    data_size,
 )
 from appliance.protocols.outbox import Outbox
 from appliance.protocols.wire.datagram import Datagram
@@ -526,11 +528,11 @@ class GroupMember:
     # -- per message type -------------------------------------------------------------
 
     def _on_data(self, h: Header, body: Data, now: float, from_primary: bool) -> None:
-        # A backup logs what its primary sends, so it can re-send it after a failover.
-        if from_primary and self.role is not Role.JOINING:
-            ob = self._outbound(h.dst_group, h.conn_id)
-            for e in body.entries:
-                ob.log(e.seq, e.payload)
+        # Backups do not copy what their primary sends: the primary sends output before it is
+        # committed, and an uncommitted message may be renumbered by a new primary. Each
+        # backup logs its own copy of every output instead (``send``: executed or shipped in
+        # the annex), which is committed output by construction.
+        return None
 
     def _on_first_ack(self, h: Header, body: FirstAck, now: float, from_primary: bool) -> None:
         return None
@@ -585,8 +587,9 @@ class GroupMember:
 
     def _send_annexes(self, entries: list[LogEntry], with_records: bool) -> None:
         """ORDER messages carrying annexes (and, for fresh entries, their ordering records)."""
+        base = 8 + 4 + 4  # commit, entry count, annex count
         batch: list[LogEntry] = []
-        size = 0
+        size = base
 
         def flush() -> None:
             records = [OrderRecord(e.index, e.src_group, e.conn_id, e.seq) for e in batch]
@@ -603,7 +606,7 @@ class GroupMember:
             cost = len(e.annex) + 12 + (22 if with_records else 0)
             if batch and (size + cost > self.cfg.batch_bytes or len(batch) >= MAX_PIGGYBACK):
                 flush()
-                batch, size = [], 0
+                batch, size = [], base
             batch.append(e)
             size += cost
         if batch:
@@ -1180,26 +1183,29 @@ class GroupMember:
         self._emit(Nack(primary.node, NackKind.ENTRIES, ((self.delivered + 1, end),)))
 
     def _flush_outbound(self, now: float) -> None:
+        requires = tuple(m.node for m in self.view.backups) if self.view is not None else ()
         for (g, c), ob in self.outbound.items():
-            ob.released = self.commit
+            # Output leaves before its input is committed (the destination holds it until it
+            # learns the commit, from the backups' SECOND_ACKs): one hop sooner than waiting.
+            ob.released = self.annexed_upto
             due = ob.due(now)
             if not due:
                 continue
             ib = self.inbound.get((g, c))
             ack = ib.stable if ib is not None else 0
             batch: list[DataEntry] = []
-            size = 0
+            size = data_size(len(requires))
             for m in due:
-                if batch and size + len(m.payload) + 12 > self.cfg.batch_bytes:
-                    self._emit(
-                        Data(tuple(batch)), dst_group=g, conn_id=c, seq=batch[0].seq, ack=ack
-                    )
-                    batch, size = [], 0
-                batch.append(DataEntry(m.seq, m.payload))
-                size += len(m.payload) + 12
+                if batch and size + len(m.payload) + DATA_ENTRY_OVERHEAD > self.cfg.batch_bytes:
+                    data = Data(tuple(batch), requires)
+                    self._emit(data, dst_group=g, conn_id=c, seq=batch[0].seq, ack=ack)
+                    batch, size = [], data_size(len(requires))
+                batch.append(DataEntry(m.seq, m.payload, m.after))
+                size += len(m.payload) + DATA_ENTRY_OVERHEAD
                 ob.mark_sent(m, now)
             if batch:
-                self._emit(Data(tuple(batch)), dst_group=g, conn_id=c, seq=batch[0].seq, ack=ack)
+                data = Data(tuple(batch), requires)
+                self._emit(data, dst_group=g, conn_id=c, seq=batch[0].seq, ack=ack)
             if ib is not None:
                 self.ack_sent[(g, c)] = ack
 
@@ -1228,7 +1234,7 @@ class GroupMember:
         best: float | None = None
         if self.is_primary:
             for ob in self.outbound.values():
-                ob.released = self.commit
+                ob.released = self.annexed_upto
                 t = ob.next_deadline()
                 if t is not None and (best is None or t < best):
                     best = t

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, Self
 
-from appliance.protocols.ldmp.view import Member, read_members, write_members
+from appliance.protocols.ldmp.view import MAX_MEMBERS, Member, read_members, write_members
 from appliance.protocols.wire.errors import RejectReason, WireError
 from appliance.protocols.wire.fields import Reader, Writer
 from appliance.protocols.wire.header import MessageType
@@ -51,28 +51,56 @@ class AckKind(enum.IntEnum):
 class DataEntry:
     seq: int
     payload: bytes
+    after: int = 0
+    """Output commit: the sending group's log index this message depends on (0: none)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Data:
-    """A batch of application messages on one virtual connection (header: groups, conn)."""
+    """A batch of application messages on one virtual connection (header: groups, conn).
+
+    ``requires`` lists the backups of the sender's view: a message whose ``after`` index every
+    one of them has confirmed (SECOND_ACK, same view) is committed, so the receiver may release
+    it without waiting for the sending primary to say so (one hop sooner).
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.DATA
     entries: tuple[DataEntry, ...]
+    requires: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
         w = Writer().u32(len(self.entries))
         for e in self.entries:
-            w.u64(e.seq).blob(e.payload)
+            w.u64(e.seq).u64(e.after).blob(e.payload)
+        w.u16(len(self.requires))
+        for n in self.requires:
+            w.u16(n)
         return w.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
         r = Reader(data)
         n = r.count(MAX_BATCH)
-        entries = tuple(DataEntry(r.u64(), r.blob()) for _ in range(n))
+        entries = tuple(_data_entry(r) for _ in range(n))
+        k = r.u16()
+        if k > MAX_MEMBERS:
+            raise WireError(RejectReason.MALFORMED, f"{k} required backups exceeds {MAX_MEMBERS}")
+        requires = tuple(r.u16() for _ in range(k))
         r.finish()
-        return cls(entries)
+        return cls(entries, requires)
+
+
+DATA_ENTRY_OVERHEAD = 20  # seq, after, payload length
+
+
+def data_size(n_requires: int) -> int:
+    """Bytes of a DATA body before its entries (entry count, required-backup list)."""
+    return 4 + 2 + 2 * n_requires
+
+
+def _data_entry(r: Reader) -> DataEntry:
+    seq, after = r.u64(), r.u64()
+    return DataEntry(seq, r.blob(), after)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,10 @@ from collections.abc import Sequence
 from appliance.protocols.config import ProtocolConfig
 from appliance.protocols.messages import Body
 from appliance.protocols.wire.datagram import Datagram, encode, overhead
-from appliance.protocols.wire.header import Flags, Header, OrderRecord
+from appliance.protocols.wire.header import Flags, Header, MessageType, OrderRecord
+
+# Our own replica's confirmations and commit announcements, which our own gateway needs too.
+_GATEWAY_EVIDENCE = frozenset({MessageType.SECOND_ACK, MessageType.HEARTBEAT, MessageType.ORDER})
 
 
 class Outbox:
@@ -59,8 +62,17 @@ class Outbox:
             flags=flags,
         )
         d = Datagram(header, tuple(records), body.encode())
-        self._datagrams.append(encode(d, self.cfg.key))
-        if dst_group in self.local_groups and src_group != dst_group:
+        data = encode(d, self.cfg.key)
+        if len(data) > self.cfg.max_datagram:
+            # A sizing bug here would be a silent, endless loss at every receiver: fail loudly.
+            raise ValueError(
+                f"{body.TYPE.name} datagram of {len(data)} bytes exceeds max_datagram "
+                f"{self.cfg.max_datagram}"
+            )
+        self._datagrams.append(data)
+        if dst_group in self.local_groups and (
+            src_group != dst_group or body.TYPE in _GATEWAY_EVIDENCE
+        ):
             self.local.append((d, body))
         name = body.TYPE.name.lower()
         self.sent_by_type[name] = self.sent_by_type.get(name, 0) + 1

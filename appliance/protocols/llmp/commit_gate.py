@@ -1,0 +1,97 @@
+"""Output commit at the receiving end: hold each message until its input is committed.
+
+The service primary sends a reply as soon as it has executed the request, before the request
+is committed (held by every backup). The gateway holds such a *tentative* reply and releases it
+to the client once it learns the commit, from whichever comes first:
+
+* every backup the primary listed (``Data.requires``) confirmed, in a SECOND_ACK or heartbeat
+  of the same view, that it delivered the reply's input (``after``): multicast, so this arrives
+  one hop after the records reached the backups; or
+* the primary itself announced a commit index covering it (ORDER, heartbeat) in that view.
+
+Until released, a reply is not acknowledged, so the primary keeps it on its sent list. If the
+primary fails first, the input may be lost with it and a new primary may give the same sequence
+number to a different reply: a reply from a newer view replaces a held one. A released reply is
+committed, so every future primary holds the same one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    payload: bytes
+    after: int
+    requires: tuple[int, ...]
+    view: int
+
+
+class CommitGate:
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.released = 0
+        self.held: dict[int, Held] = {}
+        self.backup_acks: dict[int, tuple[int, int]] = {}  # node -> (view, delivered)
+        self.primary_commit: tuple[int, int] = (0, 0)  # (view, commit index)
+        self.fast_releases = 0
+        self.replaced = 0
+
+    def offer(
+        self, seq: int, payload: bytes, after: int, requires: tuple[int, ...], view: int
+    ) -> None:
+        if seq <= self.released or seq > self.released + self.window:
+            return
+        cur = self.held.get(seq)
+        if cur is None or view > cur.view:
+            if cur is not None and cur.payload != payload:
+                self.replaced += 1
+            self.held[seq] = Held(payload, after, requires, view)
+
+    def backup_ack(self, node: int, view: int, delivered: int) -> None:
+        old = self.backup_acks.get(node)
+        if old is None or view > old[0] or (view == old[0] and delivered > old[1]):
+            self.backup_acks[node] = (view, delivered)
+
+    def commit_announced(self, view: int, commit: int) -> None:
+        v, c = self.primary_commit
+        if view > v or (view == v and commit > c):
+            self.primary_commit = (view, commit)
+
+    def _committed(self, h: Held) -> tuple[bool, bool]:
+        """(committed, learned from the backups)."""
+        v, c = self.primary_commit
+        if v == h.view and c >= h.after:
+            return True, False
+        for n in h.requires:
+            a = self.backup_acks.get(n)
+            if a is None or a[0] != h.view or a[1] < h.after:
+                return False, False
+        return True, True
+
+    def release(self) -> list[tuple[int, bytes]]:
+        """Replies now committed, in sequence order."""
+        out = []
+        while (h := self.held.get(self.released + 1)) is not None:
+            ok, fast = self._committed(h)
+            if not ok:
+                break
+            self.released += 1
+            del self.held[self.released]
+            self.fast_releases += fast
+            out.append((self.released, h.payload))
+        return out
+
+    def gaps(self, max_ranges: int = 16) -> list[tuple[int, int]]:
+        if not self.held:
+            return []
+        out: list[tuple[int, int]] = []
+        expect = self.released + 1
+        for s in sorted(self.held):
+            if s > expect:
+                out.append((expect, s - 1))
+                if len(out) >= max_ranges:
+                    break
+            expect = s + 1
+        return out
