@@ -110,6 +110,8 @@ class Admission:
     chunks: list[bytes] | None = None
     installed: bool = False
     last_sent: float = -NEVER
+    freeze: bool = False
+    """Ordering paused until the joiner holds everything delivered (about one round trip)."""
 
 
 @dataclass(slots=True)
@@ -391,7 +393,7 @@ class GroupMember:
 
     def _order_ready(self) -> None:
         """The primary delivers every in-sequence input: this *is* the total order."""
-        if not self.is_primary:
+        if not self.is_primary or (self.admission is not None and self.admission.freeze):
             return
         for key in sorted(self.inbound):
             ib = self.inbound.get(key)
@@ -550,6 +552,8 @@ class GroupMember:
                 self.acks[node] = delivered
                 self.progress[node] = (delivered, now)
             self._primary_commit()
+            if self.admission is not None and self.admission.joiner.node == node:
+                self._tick_admission(now)
 
     def _on_nack(self, h: Header, body: Nack, now: float, from_primary: bool) -> None:
         if body.target != self.me.node:
@@ -1009,7 +1013,17 @@ class GroupMember:
         if now > adm.started + self.cfg.join_timeout or self._failed(j, now):
             self.admission = None
         elif adm.installed:
-            if self.acks.get(j, 0) >= self.commit and self.confirming is None:
+            if not adm.freeze and self.acks.get(j, 0) >= self.commit:
+                # Caught up with the commit point: pause ordering for the last few entries, so
+                # the joiner holds every input ordered before it becomes a member (a reply the
+                # gateways release on the old view's backups is then held by the joiner too).
+                adm.freeze = True
+            if (
+                adm.freeze
+                and self.acks.get(j, 0) >= self.delivered
+                and self.annexed_upto == self.delivered
+                and self.confirming is None
+            ):
                 # Every existing member must know the joiner before it acts as a member: a
                 # backup that missed it could otherwise take over without it, unfenced.
                 view = self.view.plus(adm.joiner, self.view.number + 1)

@@ -395,10 +395,10 @@ class SimCluster:
             self._acknowledge(sn)
 
     def _acknowledge(self, sn: SimNode) -> None:
-        """A client sees its request done once the reply is in and the request is stable."""
+        """A client sees its request done once the gateway releases the reply (committed)."""
         eng = sn.engine
         assert eng is not None
-        for seq in [s for s in sn.replies if s <= sn.stable]:
+        for seq in list(sn.replies):
             reply = sn.replies.pop(seq)
             request = sn.requests.pop(seq, None)
             if request is None:
