@@ -324,8 +324,8 @@ class GroupMember:
 
     def _records(self, room: int) -> list[OrderRecord]:
         """Ordering records not yet held by every member: piggybacked on what we send."""
-        if not self.is_primary or room <= 0:
-            return []
+        if not self.is_primary or room <= 0 or self.cfg.annexed:
+            return []  # annexed entries' records travel with their annexes (ORDER) only
         hi = self.annexed_upto
         lo = max(self.commit, hi - min(room, MAX_PIGGYBACK)) + 1
         out = []
