@@ -66,19 +66,22 @@ class Gateway:
             return
         # Commit evidence, heard on the multicast group whatever its destination.
         if isinstance(body, SecondAck):
-            self.gate.backup_ack(h.src_node, h.view, body.delivered)
+            p = body.primary
+            self.gate.backup_ack(h.src_node, (h.view, p.node, p.incarnation), body.delivered)
         elif isinstance(body, Heartbeat):
-            if body.role is Role.BACKUP:
-                self.gate.backup_ack(h.src_node, h.view, body.delivered)
+            if body.role is Role.BACKUP and body.members:
+                p = body.members[0]
+                self.gate.backup_ack(h.src_node, (h.view, p.node, p.incarnation), body.delivered)
             elif body.role is Role.PRIMARY:
-                self.gate.commit_announced(h.view, body.commit)
+                self.gate.commit_announced((h.view, h.src_node, h.incarnation), body.commit)
         elif isinstance(body, Order):
-            self.gate.commit_announced(h.view, body.commit)
+            self.gate.commit_announced((h.view, h.src_node, h.incarnation), body.commit)
         if h.dst_group == self.group and h.conn_id == self.conn_id:
             if isinstance(body, Data):
                 self._acked(h.ack, now, None)
                 for e in body.entries:
-                    self.gate.offer(e.seq, e.payload, e.after, body.requires, h.view)
+                    reign = (h.view, h.src_node, h.incarnation)
+                    self.gate.offer(e.seq, e.payload, e.after, body.requires, reign)
                 gaps = self.gate.gaps()
                 if gaps:  # ask the service primary (target 0: whoever it is) to fill them now
                     self.out.emit(

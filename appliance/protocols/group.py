@@ -1179,7 +1179,7 @@ class GroupMember:
             if self.delivered > self.last_ack_sent and self.role is not Role.CANDIDATE:
                 self.last_ack_sent = self.delivered
                 self.last_ack_time = now
-                self._emit(SecondAck(self.delivered))
+                self._emit(SecondAck(self.delivered, self._followed() or Member(0, 0)))
             self._maybe_nack_entries(now)
 
     def _maybe_nack_entries(self, now: float) -> None:
@@ -1239,9 +1239,20 @@ class GroupMember:
                         conn_id=key[1],
                     )
 
+    def _followed(self) -> Member | None:
+        """The primary whose log our delivered index counts in."""
+        if self.role is Role.LEARNING:
+            return self.learning_from
+        return self.view.primary if self.view is not None else None
+
     def heartbeat(self, now: float) -> None:
-        """Liveness; a primary's carries its view, log end and commit point."""
-        members = self.view.members if self.view is not None and self.is_primary else ()
+        """Liveness; a primary's carries its view, log end and commit point; a backup's names
+        the primary it follows (so its delivered index can serve as a confirmation)."""
+        members: tuple[Member, ...] = ()
+        if self.view is not None and self.is_primary:
+            members = self.view.members
+        elif self.role is Role.BACKUP and (followed := self._followed()) is not None:
+            members = (followed,)
         self._emit(Heartbeat(self.role, members, self.delivered, self.commit))
 
     def next_deadline(self) -> float | None:

@@ -123,18 +123,24 @@ class FirstAck:
 
 @dataclass(frozen=True, slots=True)
 class SecondAck:
-    """A backup confirms what it holds: its delivered index in the group's ordered log."""
+    """A backup confirms what it holds: its delivered index in the log of ``primary``.
+
+    Naming the primary it follows (with the header's view number) identifies *which* log the
+    index counts in: two views can share a number on the two sides of a partition.
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.SECOND_ACK
     delivered: int
+    primary: Member
 
     def encode(self) -> bytes:
-        return Writer().u64(self.delivered).getvalue()
+        w = Writer().u64(self.delivered)
+        return w.u16(self.primary.node).u32(self.primary.incarnation).getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
         r = Reader(data)
-        v = cls(r.u64())
+        v = cls(r.u64(), Member(r.u16(), r.u32()))
         r.finish()
         return v
 

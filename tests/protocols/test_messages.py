@@ -67,7 +67,7 @@ def state_chunks(draw: st.DrawFn) -> StateChunk:
 BODY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     Data: st.builds(Data, st.lists(st.builds(DataEntry, u64, payloads), max_size=20).map(tuple)),
     FirstAck: st.builds(FirstAck, u32),
-    SecondAck: st.builds(SecondAck, u64),
+    SecondAck: st.builds(SecondAck, u64, st.builds(Member, u16, u32)),
     Nack: st.builds(Nack, u16, st.sampled_from(NackKind), nack_ranges(), u32),
     Heartbeat: st.builds(Heartbeat, st.sampled_from(Role), members_st, u64, u64),
     ProposePrimary: st.builds(ProposePrimary, members_st),
@@ -371,7 +371,7 @@ def test_data_blob_longer_than_body_is_truncated() -> None:
     "body",
     [
         FirstAck(1),
-        SecondAck(1),
+        SecondAck(1, Member(2, 3)),
         PrimaryVote(1, True, 2, 3),
         AcceptAck(AckKind.STATE_INSTALLED, 1, 2),
         Data((DataEntry(1, b"x"),)),

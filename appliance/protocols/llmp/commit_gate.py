@@ -5,9 +5,13 @@ is committed (held by every backup). The gateway holds such a *tentative* reply 
 to the client once it learns the commit, from whichever comes first:
 
 * every backup the primary listed (``Data.requires``) confirmed, in a SECOND_ACK or heartbeat
-  of the same view, that it delivered the reply's input (``after``): multicast, so this arrives
-  one hop after the records reached the backups; or
-* the primary itself announced a commit index covering it (ORDER, heartbeat) in that view.
+  of the same *reign* (view number and primary, node and incarnation), that it delivered the
+  reply's input (``after``): multicast, so this arrives one hop after the records reached the
+  backups; or
+* the primary itself announced a commit index covering it (ORDER, heartbeat) in that reign.
+
+A reign, not a view number, names the log an index counts in: on the two sides of a partition
+two primaries can number their views alike.
 
 Until released, a reply is not acknowledged, so the primary keeps it on its sent list. If the
 primary fails first, the input may be lost with it and a new primary may give the same sequence
@@ -19,13 +23,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+Reign = tuple[int, int, int]  # (view number, primary node, primary incarnation)
+
 
 @dataclass(frozen=True, slots=True)
 class Held:
     payload: bytes
     after: int
     requires: tuple[int, ...]
-    view: int
+    reign: Reign
 
 
 class CommitGate:
@@ -33,40 +39,45 @@ class CommitGate:
         self.window = window
         self.released = 0
         self.held: dict[int, Held] = {}
-        self.backup_acks: dict[int, tuple[int, int]] = {}  # node -> (view, delivered)
-        self.primary_commit: tuple[int, int] = (0, 0)  # (view, commit index)
+        self.backup_acks: dict[int, tuple[Reign, int]] = {}  # node -> (reign, delivered)
+        self.primary_commit: dict[tuple[int, int], tuple[int, int]] = {}
+        """(primary node, incarnation) -> (view number, commit index) it last announced."""
         self.fast_releases = 0
         self.replaced = 0
 
     def offer(
-        self, seq: int, payload: bytes, after: int, requires: tuple[int, ...], view: int
+        self, seq: int, payload: bytes, after: int, requires: tuple[int, ...], reign: Reign
     ) -> None:
         if seq <= self.released or seq > self.released + self.window:
             return
         cur = self.held.get(seq)
-        if cur is None or view > cur.view:
+        if cur is None or reign[0] > cur.reign[0] or reign == cur.reign:
             if cur is not None and cur.payload != payload:
                 self.replaced += 1
-            self.held[seq] = Held(payload, after, requires, view)
+            self.held[seq] = Held(payload, after, requires, reign)
 
-    def backup_ack(self, node: int, view: int, delivered: int) -> None:
+    def backup_ack(self, node: int, reign: Reign, delivered: int) -> None:
         old = self.backup_acks.get(node)
-        if old is None or view > old[0] or (view == old[0] and delivered > old[1]):
-            self.backup_acks[node] = (view, delivered)
+        if old is None or old[0] != reign or delivered > old[1]:
+            self.backup_acks[node] = (reign, delivered)
 
-    def commit_announced(self, view: int, commit: int) -> None:
-        v, c = self.primary_commit
-        if view > v or (view == v and commit > c):
-            self.primary_commit = (view, commit)
+    def commit_announced(self, reign: Reign, commit: int) -> None:
+        key = (reign[1], reign[2])
+        old = self.primary_commit.get(key)
+        if old is None or reign[0] > old[0] or (reign[0] == old[0] and commit > old[1]):
+            self.primary_commit[key] = (reign[0], commit)
+            if len(self.primary_commit) > 64:  # primaries come and go: keep the newest
+                oldest = min(self.primary_commit, key=lambda k: self.primary_commit[k][0])
+                del self.primary_commit[oldest]
 
     def _committed(self, h: Held) -> tuple[bool, bool]:
         """(committed, learned from the backups)."""
-        v, c = self.primary_commit
-        if v == h.view and c >= h.after:
+        announced = self.primary_commit.get((h.reign[1], h.reign[2]))
+        if announced is not None and announced[0] == h.reign[0] and announced[1] >= h.after:
             return True, False
         for n in h.requires:
             a = self.backup_acks.get(n)
-            if a is None or a[0] != h.view or a[1] < h.after:
+            if a is None or a[0] != h.reign or a[1] < h.after:
                 return False, False
         return True, True
 
