@@ -14,8 +14,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	@echo "make run: the local 3-node lab cluster is not available yet (see docs/protocol.md for what is)."
-	@echo "Try the protocol simulator instead: $(BIN)/appliance sim --seeds 20"
+	@echo "make run: the local 3-node lab cluster (for redis-cli) is not available yet."
+	@echo "Meanwhile, the same protocol and KV service on a simulated 3-node LAN, with faults:"
+	$(BIN)/appliance sim --seed 7 --style semi-active --trace
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check appliance tests
