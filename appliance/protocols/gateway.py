@@ -79,8 +79,13 @@ class Gateway:
         if h.dst_group == self.group and h.conn_id == self.conn_id:
             if isinstance(body, Data):
                 self._acked(h.ack, now, None)
+                reign = (h.view, h.src_node, h.incarnation)
                 for e in body.entries:
-                    reign = (h.view, h.src_node, h.incarnation)
+                    if e.seq <= self.gate.released:
+                        # A resend of a released reply: the primary missed our ack.
+                        self.ack_sent = min(self.ack_sent, e.seq - 1)
+                        if self.ack_due is None:
+                            self.ack_due = now + self.cfg.ack_delay
                     self.gate.offer(e.seq, e.payload, e.after, body.requires, reign)
                 gaps = self.gate.gaps()
                 if gaps:  # ask the service primary (target 0: whoever it is) to fill them now

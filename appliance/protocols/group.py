@@ -481,7 +481,9 @@ class GroupMember:
                 ob.on_ack(h.ack, now)
             ib = self._inbound(h.src_group, h.conn_id)
             for e in body.entries:
-                ib.offer(e.seq, e.payload)
+                if not ib.offer(e.seq, e.payload) and e.seq <= ib.stable and self.is_primary:
+                    # The sender missed our ack (it resends what we hold): ack again.
+                    self.ack_sent[(h.src_group, h.conn_id)] = 0
             if self.is_primary and ib.gaps():
                 self.nacks_due.setdefault((h.src_group, h.conn_id), now + self.cfg.nack_delay)
         elif isinstance(body, FirstAck):
