@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from appliance.protocols.engine import NodeEngine
+from appliance.protocols.messages import Role
 from appliance.protocols.replication import Determinism
 from appliance.service.kv import KVStore
 from appliance.service.resp import Error, ProtocolError, RequestParser, encode
@@ -45,3 +47,36 @@ class KVApplication:
 
     def digest(self) -> bytes:
         return self.store.digest()
+
+
+def replication_info(engine: NodeEngine) -> Callable[[], dict[str, str]]:
+    """The fields of INFO's ``# Replication`` section, read from this node's protocol engine.
+
+    ``role`` uses Redis' words (master/slave) so existing tools understand it; the LLFT terms
+    follow. On a primary the section describes the view; ``replication_lag`` is how many
+    inputs this node has delivered beyond the commit point (its tail not yet on every member).
+    """
+
+    def info() -> dict[str, str]:
+        m = engine.member
+        view = m.view
+        role = m.role
+        fields = {
+            "role": "master" if role is Role.PRIMARY else "slave",
+            "llft_role": role.name.lower(),
+            "node": str(engine.node),
+            "incarnation": str(engine.incarnation),
+            "view": str(view.number) if view is not None else "none",
+            "rank": str(view.rank(engine.node) or "none") if view is not None else "none",
+            "primary": str(view.primary.node) if view is not None else "none",
+            "members": ",".join(str(n) for n in view.nodes) if view is not None else "",
+            "delivered_index": str(m.delivered),
+            "commit_index": str(m.commit),
+            "replication_lag": str(m.delivered - m.commit),
+        }
+        if view is not None and role is Role.PRIMARY:
+            for i, b in enumerate(view.backups):
+                fields[f"slave{i}"] = f"node={b.node},rank={i + 2},acked={m.acks.get(b.node, 0)}"
+        return fields
+
+    return info

@@ -40,7 +40,7 @@ from appliance.protocols.events import (
 from appliance.protocols.messages import Role
 from appliance.protocols.replication import Replicator, Style
 from appliance.protocols.wire.fields import Reader, Writer
-from appliance.service.app import KVApplication
+from appliance.service.app import KVApplication, replication_info
 from appliance.service.resp import encode
 from appliance.sim.network import SimNetwork
 
@@ -245,9 +245,10 @@ class SimCluster:
         sn.stable = 0
         sn.power_on_at = None
         if self.style is not None:
+            info = replication_info(sn.engine)
             sn.replicator = Replicator(
                 sn.engine,
-                KVApplication,
+                lambda det: KVApplication(det, info),
                 self.style,
                 clock=lambda: 1_700_000_000_000 + int(self.now * 1000),
                 entropy=self.rng.randbytes,

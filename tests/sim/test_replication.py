@@ -210,3 +210,37 @@ def test_output_commit_costs_one_extra_one_way_hop(style: Style) -> None:
     assert 0.0029 < remote[len(remote) // 2] < 0.0032
     assert 0.0019 < local[len(local) // 2] < 0.0022
     settle(c)
+
+
+def test_info_replication_reports_role_view_and_members() -> None:
+    from appliance.protocols.events import ReplyReceived
+    from appliance.service.resp import decode_reply, encode
+
+    c = kv_cluster(Style.SEMI_ACTIVE, seed=17)
+    c.clients_on = False
+    c.run_until(c.now + 0.2)
+    p = primary(c)
+    sn = c.nodes[next(n for n in c.nodes if n != p)]
+    assert sn.engine is not None
+    request = encode([b"INFO", b"replication"])
+    seq = sn.engine.submit(request)
+    sn.requests[seq] = request
+    replies: list[bytes] = []
+    handle = c._handle_event
+
+    def event(node: object, ev: object) -> None:
+        if node is sn and isinstance(ev, ReplyReceived) and ev.seq == seq:
+            replies.append(ev.payload)
+        handle(node, ev)  # type: ignore[arg-type]
+
+    c._handle_event = event  # type: ignore[method-assign]
+    c._step(sn)
+    assert c.wait_for(lambda: bool(replies), 1.0)
+    text = decode_reply(replies[0])
+    assert isinstance(text, bytes)
+    fields = dict(line.split(":", 1) for line in text.decode().split("\r\n") if ":" in line)
+    assert fields["role"] == "master" and fields["llft_role"] == "primary"
+    assert fields["primary"] == str(p)
+    assert set(fields["members"].split(",")) == {"1", "2", "3"}
+    assert fields["replication_lag"].isdigit()
+    assert "slave0" in fields and "slave1" in fields
