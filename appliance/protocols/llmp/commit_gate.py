@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from appliance.protocols.llmp.receiver import gap_ranges
+
 Reign = tuple[int, int, int]  # (view number, primary node, primary incarnation)
 
 
@@ -95,14 +97,5 @@ class CommitGate:
         return out
 
     def gaps(self, max_ranges: int = 16) -> list[tuple[int, int]]:
-        if not self.held:
-            return []
-        out: list[tuple[int, int]] = []
-        expect = self.released + 1
-        for s in sorted(self.held):
-            if s > expect:
-                out.append((expect, s - 1))
-                if len(out) >= max_ranges:
-                    break
-            expect = s + 1
-        return out
+        """Replies missing before the highest one held: what to NACK."""
+        return gap_ranges(self.released, self.held, max_ranges)

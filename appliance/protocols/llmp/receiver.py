@@ -8,6 +8,22 @@ primary can NACK the sender (fast retransmit) instead of waiting for its timeout
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def gap_ranges(done: int, have: Iterable[int], max_ranges: int = 16) -> list[tuple[int, int]]:
+    """Inclusive ranges missing between ``done`` (everything up to it is handled) and the
+    highest number in ``have``: what to NACK."""
+    out: list[tuple[int, int]] = []
+    expect = done + 1
+    for s in sorted(have):
+        if s > expect:
+            out.append((expect, s - 1))
+            if len(out) >= max_ranges:
+                break
+        expect = s + 1
+    return out
+
 
 class InboundConnection:
     def __init__(self, src_group: int, conn_id: int, window: int) -> None:
@@ -57,17 +73,7 @@ class InboundConnection:
 
     def gaps(self, max_ranges: int = 16) -> list[tuple[int, int]]:
         """Missing sequence numbers below the highest one buffered."""
-        if not self._buffer:
-            return []
-        out: list[tuple[int, int]] = []
-        expect = self.delivered + 1
-        for s in sorted(self._buffer):
-            if s > expect:
-                out.append((expect, s - 1))
-                if len(out) >= max_ranges:
-                    break
-            expect = s + 1
-        return out
+        return gap_ranges(self.delivered, self._buffer, max_ranges)
 
     @property
     def buffered(self) -> int:
