@@ -11,11 +11,16 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: appliance sim [--seed N | --seeds N] [--trace]")
         print("  sim   deterministic simulation of the protocol core under random faults")
         print("  config check FILE [--key KEY]   validate the cluster file (and the key file)")
+        print("  agent --config FILE [--key KEY] [--node NAME] [--log-level LEVEL]   run a node")
         return 0
     if args[0] == "config":
         from appliance.node.config_cli import config_main
 
         return config_main(args[1:])
+    if args[0] == "agent":
+        from appliance.node.agent import agent_main
+
+        return agent_main(args[1:])
     if args[0] == "sim":
         from appliance.sim.runner import main as sim_main
 

@@ -1,0 +1,454 @@
+"""The node agent: ``appliance agent --config FILE``, the process every node runs.
+
+A thin asyncio shell around the sans-I/O core, with no protocol logic of its own:
+
+* the cluster's multicast group, driven by :class:`EngineDriver` around one :class:`NodeEngine`
+  (whose incarnation comes from a persisted counter that grows on every start);
+* a :class:`Replicator` applying delivered inputs to the KV service in the configured style;
+* the client gateway: a TCP server speaking RESP. Every complete command is submitted to the
+  engine as one RESP array; the engine releases the replies in request order (only once every
+  backup holds the request: output commit), and each is written to the connection it belongs
+  to, in the order that connection sent its commands (pipelining);
+* fencing with the target node's ``command`` fence devices (``ARGV... NODE off``);
+* systemd: ``READY=1`` once primary or backup, ``STATUS=`` on every role or view change, the
+  watchdog while the driver is healthy, ``STOPPING=1`` on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.node.config import (
+    ClusterConfig,
+    CommandFence,
+    ConfigError,
+    FenceAction,
+    NodeConfig,
+    load_config,
+    load_key,
+)
+from appliance.node.systemd import SystemdNotifier, WatchdogPinger
+from appliance.node.transport import EngineDriver, MulticastEndpoint, pick_interface
+from appliance.protocols.engine import NodeEngine
+from appliance.protocols.events import (
+    Event,
+    FenceRequested,
+    ReplyReceived,
+    RoleChanged,
+    SnapshotInstalled,
+    SnapshotRequested,
+    StateReset,
+    ViewInstalled,
+)
+from appliance.protocols.messages import Role
+from appliance.protocols.replication import Replicator
+from appliance.service.app import KVApplication, replication_info
+from appliance.service.resp import (
+    ProtocolError,
+    RequestParser,
+    RespValue,
+    encode,
+    protocol_error_reply,
+)
+
+__all__ = ["Agent", "agent_main", "next_incarnation"]
+
+log = logging.getLogger("appliance.agent")
+
+DEFAULT_STATE_DIR = Path("/var/lib/appliance")
+MAX_INCARNATION = 0xFFFFFFFF
+CLOSE_GRACE = 10.0
+"""After QUIT or a protocol error, how long a connection waits for its earlier replies."""
+
+
+# -- the incarnation counter ---------------------------------------------------------------
+
+
+def _state_dirs(explicit: Path | None) -> list[Path]:
+    dirs = [explicit if explicit is not None else DEFAULT_STATE_DIR]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        dirs.append(Path(runtime) / "appliance")
+    dirs.append(Path(tempfile.gettempdir()) / f"appliance-{os.getuid()}")
+    return dirs
+
+
+def _bump(path: Path) -> int:
+    """Read the counter in ``path``, write it plus one durably (fsync, rename, fsync dir)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = 0
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = "0"
+    try:
+        previous = int(text)
+    except ValueError:
+        # A corrupt counter must not go backwards: the wall clock is beyond any real count.
+        previous = int(time.time())
+        log.warning("%s: unreadable incarnation %r; continuing from %d", path, text, previous)
+    value = previous + 1
+    if not 0 < value <= MAX_INCARNATION:
+        raise OSError(f"{path}: incarnation {value} out of range 1..{MAX_INCARNATION}")
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, f"{value}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return value
+
+
+def next_incarnation(state_dir: Path | None, cluster: str, node: str) -> tuple[int, Path]:
+    """This start's incarnation (strictly greater than the last one) and the file holding it."""
+    errors = []
+    for d in _state_dirs(state_dir):
+        path = d / f"{cluster}.{node}.incarnation"
+        try:
+            value = _bump(path)
+        except OSError as e:
+            errors.append(f"{path}: {e.strerror or e}")
+            continue
+        if errors:
+            log.warning("incarnation kept in %s (%s)", path, "; ".join(errors))
+        return value, path
+    raise OSError("cannot persist the incarnation counter: " + "; ".join(errors))
+
+
+# -- the client gateway --------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    reply: bytes | None = None
+
+
+@dataclass(eq=False)
+class _Client:
+    """One client connection: its replies, in the order it sent its commands."""
+
+    writer: asyncio.StreamWriter
+    slots: deque[_Slot] = field(default_factory=deque)
+    closing: bool = False
+    closed: bool = False
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def expect(self) -> _Slot:
+        slot = _Slot()
+        self.slots.append(slot)
+        return slot
+
+    def local(self, reply: bytes) -> None:
+        """A reply the agent answers itself, in order behind the replies still awaited."""
+        self.slots.append(_Slot(reply))
+        self.flush()
+
+    def flush(self) -> None:
+        while self.slots and self.slots[0].reply is not None:
+            reply = self.slots.popleft().reply
+            assert reply is not None
+            if not self.closed:
+                self.writer.write(reply)
+        if not self.slots:
+            self.drained.set()
+
+
+# -- the agent -----------------------------------------------------------------------------
+
+
+class Agent:
+    def __init__(
+        self, cfg: ClusterConfig, key: bytes, node: NodeConfig, state_dir: Path | None
+    ) -> None:
+        self.cfg = cfg
+        self.key = key
+        self.me = node
+        self.state_dir = state_dir
+        self.pending: dict[int, tuple[_Client, _Slot]] = {}
+        self.clients: set[_Client] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.ready = False
+        self.exit_code = 0
+
+    def _log(self, what: str, *args: object) -> None:
+        view = self.engine.member.view
+        log.info(
+            "node=%s view=%s t=%.3f " + what,
+            self.me.name,
+            view.number if view is not None else "none",
+            self.loop.time(),
+            *args,
+        )
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        cfg, me = self.cfg, self.me
+        _, iface_addr = pick_interface(cfg.interface)
+        incarnation, path = next_incarnation(self.state_dir, cfg.name, me.name)
+        pcfg = cfg.protocol_config(self.key)
+        self.max_payload = pcfg.max_payload
+        self.engine = engine = NodeEngine(pcfg, me.id, incarnation, self.loop.time())
+        self.replicator = Replicator(
+            engine,
+            lambda det: KVApplication(det, replication_info(engine)),
+            cfg.replication,
+            clock=lambda: time.time_ns() // 1_000_000,
+            entropy=os.urandom,
+        )
+        endpoint = await MulticastEndpoint.open(
+            cfg.multicast_group, cfg.port, iface_addr, ttl=cfg.ttl
+        )
+        self.driver = driver = EngineDriver(engine, endpoint.send, self.on_event)
+        endpoint.on_datagram = driver.receive
+        stop = asyncio.Event()
+
+        def failed(exc: BaseException) -> None:
+            self.exit_code = 1
+            stop.set()
+
+        driver.on_failure = failed
+        try:
+            server = await asyncio.start_server(self._serve, me.address, me.client_port)
+        except OSError:
+            endpoint.close()
+            raise
+        self.notifier = SystemdNotifier()
+        pinger = WatchdogPinger.from_environment(self.notifier, driver.healthy)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "node=%s id=%d incarnation=%d (%s) group=%s:%d via %s clients=%s:%d style=%s",
+            me.name,
+            me.id,
+            incarnation,
+            path,
+            cfg.multicast_group,
+            cfg.port,
+            iface_addr,
+            me.address,
+            me.client_port,
+            cfg.replication.value,
+        )
+        driver.start()
+        if pinger is not None:
+            pinger.start()
+        self.notifier.status(self._summary())
+        try:
+            await stop.wait()
+        finally:
+            log.info("node=%s stopping", me.name)
+            self.notifier.stopping()
+            if pinger is not None:
+                pinger.stop()
+            driver.stop()
+            server.close()
+            for c in list(self.clients):
+                c.closed = True
+                c.writer.close()
+            for t in list(self.tasks):
+                t.cancel()
+            endpoint.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+            self.notifier.close()
+        return self.exit_code
+
+    # -- protocol events ---------------------------------------------------------------------
+
+    def on_event(self, ev: Event) -> None:
+        now = self.loop.time()
+        self.replicator.handle(ev, now)
+        if isinstance(ev, ReplyReceived):
+            self._reply(ev.seq, ev.payload)
+        elif isinstance(ev, SnapshotRequested):
+            self.engine.provide_snapshot(ev.snapshot_id, self.replicator.snapshot(), now)
+        elif isinstance(ev, SnapshotInstalled):
+            self.replicator.restore(ev.app_state)
+            self._log("installed a snapshot at index %d", ev.index)
+        elif isinstance(ev, FenceRequested):
+            self._log("fencing node %d: %s", ev.node, ev.reason)
+            task = self.loop.create_task(self._fence(ev.node))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif isinstance(ev, RoleChanged):
+            self._log("role %s: %s", ev.role.name, ev.reason)
+            self._changed()
+        elif isinstance(ev, ViewInstalled):
+            self._log("installed %s", ev.view.describe())
+            self._changed()
+        elif isinstance(ev, StateReset):
+            self._log("state reset: %s", ev.reason)
+
+    def _summary(self) -> str:
+        view = self.engine.member.view
+        members = ",".join(str(n) for n in view.nodes) if view is not None else "-"
+        number = view.number if view is not None else "none"
+        return f"{self.engine.role.name.lower()} view {number} members {members}"
+
+    def _changed(self) -> None:
+        self.notifier.status(self._summary())
+        if not self.ready and self.engine.role in (Role.PRIMARY, Role.BACKUP):
+            self.ready = True
+            self.notifier.ready()
+
+    # -- fencing -----------------------------------------------------------------------------
+
+    async def _command(self, dev: CommandFence, target: str, action: str) -> bool:
+        argv = [*dev.argv, target, action]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as e:
+            log.error("fence command %s failed to start: %s", argv, e)
+            return False
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), dev.timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            log.error("fence command %s timed out after %.1f s", argv, dev.timeout)
+            return False
+        if proc.returncode != 0:
+            text = err.decode(errors="replace").strip()
+            log.error("fence command %s exited with %s: %s", argv, proc.returncode, text)
+            return False
+        return True
+
+    async def _fence(self, node_id: int) -> None:
+        target = self.cfg.node_by_id(node_id)
+        ok = False
+        used: CommandFence | None = None
+        for dev in target.fence:
+            if not isinstance(dev, CommandFence):
+                log.warning(
+                    "fence device %r of %s is not supported by the agent", dev.kind, node_id
+                )
+                continue
+            if await self._command(dev, target.name, "off"):
+                ok, used = True, dev
+                break
+        self._log("fence of node %d (%s): %s", node_id, target.name, "done" if ok else "FAILED")
+        self.engine.fence_result(node_id, ok, self.loop.time())
+        self.driver.poke()
+        if used is not None and target.fence_action is FenceAction.POWER_CYCLE:
+            await asyncio.sleep(target.off_hold)
+            if not await self._command(used, target.name, "on"):
+                log.error("node=%s could not power node %s back on", self.me.name, target.name)
+
+    # -- the client gateway ------------------------------------------------------------------
+
+    def _reply(self, seq: int, payload: bytes) -> None:
+        entry = self.pending.pop(seq, None)
+        if entry is None:
+            return  # its connection closed meanwhile
+        client, slot = entry
+        slot.reply = payload
+        client.flush()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.clients) >= self.cfg.clients.max_clients:
+            writer.write(b"-ERR max number of clients reached\r\n")
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()
+            return
+        client = _Client(writer)
+        self.clients.add(client)
+        parser = RequestParser(max_request=self.cfg.clients.max_request_bytes)
+        too_large = f"-ERR request too large (max {self.max_payload} bytes)\r\n".encode()
+        try:
+            while not client.closing:
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                parser.feed(data)
+                submitted = False
+                try:
+                    while (argv := parser.next_command()) is not None:
+                        if argv[0].upper() == b"QUIT":
+                            client.local(b"+OK\r\n")
+                            client.closing = True
+                            break
+                        payload = encode(list[RespValue](argv))
+                        if len(payload) > self.max_payload:
+                            client.local(too_large)
+                            continue
+                        seq = self.engine.submit(payload)
+                        submitted = True
+                        self.pending[seq] = (client, client.expect())
+                except ProtocolError as err:
+                    client.local(protocol_error_reply(err))
+                    client.closing = True
+                if submitted:
+                    self.driver.poke()
+                await writer.drain()
+            if client.closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.drained.wait(), CLOSE_GRACE)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            client.closed = True
+            self.clients.discard(client)
+            for seq in [s for s, (c, _) in self.pending.items() if c is client]:
+                del self.pending[seq]
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def agent_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="appliance agent", description="run this node's agent")
+    p.add_argument("--config", required=True, help="the cluster file (TOML)")
+    p.add_argument("--key", help="the cluster key file (default: the config's key_file)")
+    p.add_argument("--node", help="this node's name (default: the hostname)")
+    p.add_argument("--state-dir", type=Path, default=None, help=f"default {DEFAULT_STATE_DIR}")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    args = p.parse_args(argv)
+    level = logging.getLevelName(str(args.log_level).upper())
+    if not isinstance(level, int):
+        print(f"appliance agent: unknown log level {args.log_level!r}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        cfg = load_config(args.config)
+        key = load_key(args.key if args.key is not None else cfg.key_file)
+        node = cfg.node(args.node)
+    except ConfigError as e:
+        print(f"appliance agent: {e}", file=sys.stderr)
+        return 2
+    agent = Agent(cfg, key, node, args.state_dir)
+    try:
+        return asyncio.run(agent.run())
+    except (OSError, ValueError) as e:
+        print(f"appliance agent: {e}", file=sys.stderr)
+        return 1
