@@ -19,9 +19,7 @@ from appliance.protocols.llmp.commit_gate import CommitGate
 from appliance.protocols.llmp.rto import RttEstimator
 from appliance.protocols.llmp.sender import OutboundConnection
 from appliance.protocols.messages import (
-    DATA_ENTRY_OVERHEAD,
     Data,
-    DataEntry,
     FirstAck,
     Heartbeat,
     Nack,
@@ -29,7 +27,6 @@ from appliance.protocols.messages import (
     Order,
     Role,
     SecondAck,
-    data_size,
 )
 from appliance.protocols.outbox import Outbox
 from appliance.protocols.wire.datagram import Datagram
@@ -117,18 +114,8 @@ class Gateway:
             self.events.append(RequestsStable(self.stable))
 
     def flush(self, now: float) -> None:
-        due = self.requests.due(now)
-        batch: list[DataEntry] = []
-        size = data_size(0)
-        for m in due:
-            if batch and size + len(m.payload) + DATA_ENTRY_OVERHEAD > self.cfg.batch_bytes:
-                self._send(batch)
-                batch, size = [], data_size(0)
-            batch.append(DataEntry(m.seq, m.payload))
-            size += len(m.payload) + DATA_ENTRY_OVERHEAD
-            self.requests.mark_sent(m, now)
-        if batch:
-            self._send(batch)
+        for data in self.requests.take_batches(now, self.cfg.batch_bytes):
+            self._send(data)
         if self.ack_due is not None and now >= self.ack_due:
             self.ack_due = None
             if self.gate.released > self.ack_sent:
@@ -141,15 +128,15 @@ class Gateway:
                     ack=self.gate.released,
                 )
 
-    def _send(self, batch: list[DataEntry]) -> None:
+    def _send(self, data: Data) -> None:
         self.ack_sent = self.gate.released
         self.ack_due = None
         self.out.emit(
-            Data(tuple(batch)),
+            data,
             src_group=self.group,
             dst_group=self.cfg.service_group,
             conn_id=self.conn_id,
-            seq=batch[0].seq,
+            seq=data.entries[0].seq,
             ack=self.gate.released,
         )
 

@@ -43,13 +43,11 @@ from appliance.protocols.llmp.receiver import InboundConnection
 from appliance.protocols.llmp.rto import RttEstimator
 from appliance.protocols.llmp.sender import OutboundConnection
 from appliance.protocols.messages import (
-    DATA_ENTRY_OVERHEAD,
     AcceptAck,
     AcceptBackup,
     AckKind,
     Body,
     Data,
-    DataEntry,
     FirstAck,
     Heartbeat,
     LogEntry,
@@ -64,7 +62,6 @@ from appliance.protocols.messages import (
     Role,
     SecondAck,
     StateChunk,
-    data_size,
 )
 from appliance.protocols.outbox import Outbox
 from appliance.protocols.wire.datagram import Datagram
@@ -530,16 +527,6 @@ class GroupMember:
             self._try_deliver()
 
     # -- per message type -------------------------------------------------------------
-
-    def _on_data(self, h: Header, body: Data, now: float, from_primary: bool) -> None:
-        # Backups do not copy what their primary sends: the primary sends output before it is
-        # committed, and an uncommitted message may be renumbered by a new primary. Each
-        # backup logs its own copy of every output instead (``send``: executed or shipped in
-        # the annex), which is committed output by construction.
-        return None
-
-    def _on_first_ack(self, h: Header, body: FirstAck, now: float, from_primary: bool) -> None:
-        return None
 
     def _on_second_ack(self, h: Header, body: SecondAck, now: float, from_primary: bool) -> None:
         self._note_ack(h.src_node, body.delivered, now)
@@ -1204,24 +1191,13 @@ class GroupMember:
             # Output leaves before its input is committed (the destination holds it until it
             # learns the commit, from the backups' SECOND_ACKs): one hop sooner than waiting.
             ob.released = self.annexed_upto
-            due = ob.due(now)
-            if not due:
+            batches = ob.take_batches(now, self.cfg.batch_bytes, requires)
+            if not batches:
                 continue
             ib = self.inbound.get((g, c))
             ack = ib.stable if ib is not None else 0
-            batch: list[DataEntry] = []
-            size = data_size(len(requires))
-            for m in due:
-                if batch and size + len(m.payload) + DATA_ENTRY_OVERHEAD > self.cfg.batch_bytes:
-                    data = Data(tuple(batch), requires)
-                    self._emit(data, dst_group=g, conn_id=c, seq=batch[0].seq, ack=ack)
-                    batch, size = [], data_size(len(requires))
-                batch.append(DataEntry(m.seq, m.payload, m.after))
-                size += len(m.payload) + DATA_ENTRY_OVERHEAD
-                ob.mark_sent(m, now)
-            if batch:
-                data = Data(tuple(batch), requires)
-                self._emit(data, dst_group=g, conn_id=c, seq=batch[0].seq, ack=ack)
+            for data in batches:
+                self._emit(data, dst_group=g, conn_id=c, seq=data.entries[0].seq, ack=ack)
             if ib is not None:
                 self.ack_sent[(g, c)] = ack
 
@@ -1287,8 +1263,6 @@ class GroupMember:
 
 _Handler = Callable[[GroupMember, Header, Any, float, bool], None]
 _HANDLERS: dict[type, _Handler] = {
-    Data: GroupMember._on_data,
-    FirstAck: GroupMember._on_first_ack,
     SecondAck: GroupMember._on_second_ack,
     Nack: GroupMember._on_nack,
     Order: GroupMember._on_order,

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from appliance.protocols.llmp.rto import RttEstimator
+from appliance.protocols.messages import DATA_ENTRY_OVERHEAD, Data, DataEntry, data_size
 
 
 @dataclass(slots=True)
@@ -130,6 +131,26 @@ class OutboundConnection:
         if expired:
             self.rtt.on_timeout()
         return out
+
+    def take_batches(
+        self, now: float, batch_bytes: int, requires: tuple[int, ...] = ()
+    ) -> list[Data]:
+        """Everything due now, packed into DATA bodies of at most ``batch_bytes`` (a single
+        larger message goes alone), and marked sent."""
+        batches: list[Data] = []
+        batch: list[DataEntry] = []
+        size = data_size(len(requires))
+        for m in self.due(now):
+            cost = len(m.payload) + DATA_ENTRY_OVERHEAD
+            if batch and size + cost > batch_bytes:
+                batches.append(Data(tuple(batch), requires))
+                batch, size = [], data_size(len(requires))
+            batch.append(DataEntry(m.seq, m.payload, m.after))
+            size += cost
+            self.mark_sent(m, now)
+        if batch:
+            batches.append(Data(tuple(batch), requires))
+        return batches
 
     def mark_sent(self, m: Outgoing, now: float) -> None:
         if m.first_sent is None:
