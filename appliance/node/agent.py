@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.node.client_session import ClientSession
 from appliance.node.config import (
     ClusterConfig,
     CommandFence,
@@ -146,6 +147,7 @@ class _Client:
     """One client connection: its replies, in the order it sent its commands."""
 
     writer: asyncio.StreamWriter
+    session: ClientSession
     slots: deque[_Slot] = field(default_factory=deque)
     closing: bool = False
     closed: bool = False
@@ -187,6 +189,7 @@ class Agent:
         self.tasks: set[asyncio.Task[None]] = set()
         self.ready = False
         self.exit_code = 0
+        self.client_ids = 0
 
     def _log(self, what: str, *args: object) -> None:
         view = self.engine.member.view
@@ -365,7 +368,7 @@ class Agent:
         if entry is None:
             return  # its connection closed meanwhile
         client, slot = entry
-        slot.reply = payload
+        slot.reply = client.session.shape(payload)
         client.flush()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -375,7 +378,8 @@ class Agent:
                 await writer.drain()
             writer.close()
             return
-        client = _Client(writer)
+        self.client_ids += 1
+        client = _Client(writer, ClientSession(self.client_ids, self.cfg.clients.requirepass))
         self.clients.add(client)
         parser = RequestParser(max_request=self.cfg.clients.max_request_bytes)
         too_large = f"-ERR request too large (max {self.max_payload} bytes)\r\n".encode()
@@ -392,6 +396,10 @@ class Agent:
                             client.local(b"+OK\r\n")
                             client.closing = True
                             break
+                        answer = client.session.answer(argv)
+                        if answer is not None:
+                            client.local(answer)
+                            continue
                         payload = encode(list[RespValue](argv))
                         if len(payload) > self.max_payload:
                             client.local(too_large)
