@@ -39,6 +39,7 @@ from appliance.node.config import (
     load_config,
     load_key,
 )
+from appliance.node.info import wants_replication, with_local_replication
 from appliance.node.systemd import SystemdNotifier, WatchdogPinger
 from appliance.node.transport import EngineDriver, MulticastEndpoint, pick_interface
 from appliance.protocols.engine import NodeEngine
@@ -49,6 +50,7 @@ from appliance.protocols.events import (
     RoleChanged,
     SnapshotInstalled,
     SnapshotRequested,
+    Stalled,
     StateReset,
     ViewInstalled,
 )
@@ -140,6 +142,8 @@ def next_incarnation(state_dir: Path | None, cluster: str, node: str) -> tuple[i
 @dataclass
 class _Slot:
     reply: bytes | None = None
+    local_info: bool = False
+    """An INFO reply whose replication section this node rewrites (see appliance.node.info)."""
 
 
 @dataclass(eq=False)
@@ -209,6 +213,7 @@ class Agent:
         pcfg = cfg.protocol_config(self.key)
         self.max_payload = pcfg.max_payload
         self.engine = engine = NodeEngine(pcfg, me.id, incarnation, self.loop.time())
+        self.local_replication = replication_info(engine)
         self.replicator = Replicator(
             engine,
             lambda det: KVApplication(det, replication_info(engine)),
@@ -299,6 +304,12 @@ class Agent:
             self._changed()
         elif isinstance(ev, StateReset):
             self._log("state reset: %s", ev.reason)
+        elif isinstance(ev, Stalled):
+            self._log(
+                "this node stood still for %.0f ms (frozen or starved); peers' silence meanwhile "
+                "is not held against them",
+                ev.seconds * 1000,
+            )
 
     def _summary(self) -> str:
         view = self.engine.member.view
@@ -363,11 +374,25 @@ class Agent:
 
     # -- the client gateway ------------------------------------------------------------------
 
+    def node_info(self) -> dict[str, str]:
+        """This node's INFO replication fields, with its datagram counters."""
+        fields = self.local_replication()
+        status = self.engine.status()
+        fields["datagrams_accepted"] = str(status["accepted"])
+        rejected = status["rejected"]
+        assert isinstance(rejected, dict)
+        fields["datagrams_rejected"] = str(sum(rejected.values()))
+        for reason, count in sorted(rejected.items()):
+            fields[f"datagrams_rejected_{reason}"] = str(count)
+        return fields
+
     def _reply(self, seq: int, payload: bytes) -> None:
         entry = self.pending.pop(seq, None)
         if entry is None:
             return  # its connection closed meanwhile
         client, slot = entry
+        if slot.local_info:
+            payload = with_local_replication(payload, self.node_info())
         slot.reply = client.session.shape(payload)
         client.flush()
 
@@ -406,7 +431,9 @@ class Agent:
                             continue
                         seq = self.engine.submit(payload)
                         submitted = True
-                        self.pending[seq] = (client, client.expect())
+                        slot = client.expect()
+                        slot.local_info = argv[0].upper() == b"INFO" and wants_replication(argv)
+                        self.pending[seq] = (client, slot)
                 except ProtocolError as err:
                     client.local(protocol_error_reply(err))
                     client.closing = True

@@ -81,6 +81,17 @@ class StateReset:
 
 
 @dataclass(frozen=True, slots=True)
+class Stalled:
+    """This node itself stood still for ``seconds`` (frozen, starved, suspended).
+
+    The engine forgave every peer the silence it could not have heard meanwhile; the host
+    logs it, since a node that stalls is a timing fault its peers may already have acted on.
+    """
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyReceived:
     """Gateway: a reply from the service group, in order on the connection."""
 
@@ -104,6 +115,7 @@ Event = (
     | SnapshotRequested
     | SnapshotInstalled
     | StateReset
+    | Stalled
     | ReplyReceived
     | RequestsStable
 )

@@ -224,6 +224,12 @@ class GroupMember:
         adm.chunks = [blob[i : i + size] for i in range(0, len(blob), size)] or [b""]
         self._send_chunks(adm, range(len(adm.chunks)), now)
 
+    def forgive(self, now: float) -> None:
+        """This node stood still until ``now``: restart the backups' progress clocks too, so a
+        stall longer than ``lag_timeout`` does not make every backup look like a laggard."""
+        for node, (acked, since) in self.progress.items():
+            self.progress[node] = (acked, max(since, now))
+
     def leave(self, reason: str, now: float) -> None:
         """The host cannot go on with this state (e.g. a replay diverged): drop it and rejoin."""
         self._reset(reason, now)
