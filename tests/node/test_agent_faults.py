@@ -76,26 +76,47 @@ def three(tmp_path: Path) -> Iterator[Cluster]:
 
 
 class Writer(threading.Thread):
-    """Sequential SETs round-robin through every node; records what was acknowledged."""
+    """Sequential SETs and INCRs round-robin through every node; records what was acknowledged.
+
+    Clients stay connected to live nodes through a failover, so every command must complete
+    (none is lost or refused) and every INCR must be applied exactly once: the counter ends
+    equal to the number of INCRs acknowledged.
+    """
 
     def __init__(self, nodes: list[Node]) -> None:
         super().__init__(daemon=True)
         self.nodes = nodes
         self.acked: dict[str, str] = {}
+        self.incrs = 0
+        self.wrong: list[tuple[int, int]] = []
         self.errors = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
-        clients = [n.client(timeout=1) for n in self.nodes]
+        clients = [n.client(timeout=5) for n in self.nodes]
         i = 0
         while not self.stop.is_set():
             key, value = f"w{i}", f"v{i}"
+            r = clients[i % len(clients)]
             try:
-                if clients[i % len(clients)].set(key, value):
+                if r.set(key, value):
                     self.acked[key] = value
+                got = r.incr("counter")
+                self.incrs += 1
+                if got != self.incrs:
+                    self.wrong.append((self.incrs, got))  # applied twice, or lost
             except (redis.RedisError, OSError):
                 self.errors += 1  # unknown outcome: neither counted as acked nor as lost
+                return
             i += 1
+
+    def check(self, nodes: list[Node]) -> None:
+        assert self.errors == 0 and self.wrong == []
+        for n in nodes:
+            r = n.client()
+            values = r.mget(list(self.acked))
+            assert values == [v.encode() for v in self.acked.values()], n.name
+            assert r.get("counter") == str(self.incrs).encode(), n.name
 
 
 def hostile_datagrams(captured: list[bytes], cluster_id: int, rng: random.Random) -> list[bytes]:
@@ -155,11 +176,7 @@ def test_hostile_datagrams_are_counted_and_lose_nothing(three: Cluster) -> None:
         writer.stop.set()
         writer.join(10)
     try:
-        assert writer.errors == 0
-        for n in nodes:
-            r = n.client()
-            values = r.mget(list(writer.acked))
-            assert values == [v.encode() for v in writer.acked.values()], n.name
+        writer.check(nodes)
     except BaseException:
         print(three.logs(), file=sys.stderr)
         raise
@@ -219,10 +236,7 @@ def test_frozen_primary_is_fenced_replaced_and_never_primary_again(tmp_path: Pat
         fenced = {line.split()[0] for line in fence_log.read_text().splitlines()}
         assert fenced == {old.name}, fence_log.read_text()
         assert info(new).get("llft_role") == "primary"
-        for n in nodes.values():
-            r = n.client()
-            values = r.mget(list(writer.acked))
-            assert values == [v.encode() for v in writer.acked.values()], n.name
+        writer.check(list(nodes.values()))
         assert took < 10
     except BaseException:
         print(cluster.logs(), file=sys.stderr)
