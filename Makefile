@@ -14,9 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	@echo "make run: the local 3-node lab cluster (for redis-cli) is not available yet."
-	@echo "Meanwhile, the same protocol and KV service on a simulated 3-node LAN, with faults:"
-	$(BIN)/appliance sim --seed 7 --style semi-active --trace
+	$(BIN)/appliance lab up --nodes 3 --foreground
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check appliance tests
