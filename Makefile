@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SEEDS ?= 500
 SOAK_SEEDS ?= 20000
 
-.PHONY: run test lint typecheck unit soak sim clean
+.PHONY: run demo test lint typecheck unit soak sim clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed
 	$(BIN)/appliance lab up --nodes 3 --foreground
+
+demo: $(BIN)/.installed
+	$(BIN)/appliance lab demo
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check appliance tests

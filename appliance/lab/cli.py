@@ -271,7 +271,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             proc.terminate()
             proc.wait(15)
         raise
-    print(_connect_hint(LabState.read(layout.state_path), primary))
+    if not getattr(args, "quiet", False):
+        print(_connect_hint(LabState.read(layout.state_path), primary))
     return 0
 
 
@@ -389,6 +390,26 @@ def cmd_outlet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from appliance.lab.demo import report, run_demo
+
+    if args.netns:
+        raise LabError("the --netns demo (pulling the network cable) is not available yet")
+    args.foreground = False
+    args.timeout = UP_TIMEOUT
+    args.quiet = True
+    print(f"starting a {args.nodes}-node lab in {args.dir} ...", flush=True)
+    cmd_up(args)
+    try:
+        state = running_state(args.dir)
+        snap = snapshot(state)
+        result = run_demo(args.dir, state, str(snap["primary"]))
+        print(report(result), flush=True)
+    finally:
+        cmd_down(args)
+    return 0 if result.ok else 1
+
+
 def cmd_netns_only(args: argparse.Namespace) -> int:
     raise LabError(
         f"lab {args.command} needs a lab whose nodes have their own network namespaces "
@@ -428,6 +449,13 @@ def parser() -> argparse.ArgumentParser:
     add("down", cmd_down, "stop the lab and everything in it")
     out = add("outlet", cmd_outlet, "switch a node's outlet (the lab's fence device)", node=True)
     out.add_argument("action", help="off or on")
+    demo = add("demo", cmd_demo, "scripted failover demonstration (what make demo runs)")
+    demo.set_defaults(dir=default_dir().with_name(default_dir().name + "-demo"))
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--netns", action="store_true", help="pull the network cable instead")
+    demo.add_argument(
+        "--replication", choices=[s.value for s in Style], default=Style.SEMI_ACTIVE.value
+    )
     for name in NETNS_ONLY:
         nx = add(name, cmd_netns_only, f"{name} (netns labs only)")
         nx.add_argument("args", nargs="*")

@@ -9,22 +9,44 @@ from __future__ import annotations
 
 import socket
 
-from appliance.service.resp import INCOMPLETE, ReplyParser, encode
+from appliance.service.resp import INCOMPLETE, ReplyParser, RespValue, encode
 
-__all__ = ["node_info", "roles_formed"]
+__all__ = ["Connection", "node_info", "roles_formed"]
+
+
+class Connection:
+    """One RESP connection to a node: a command, then its reply (RESP2, no pipelining)."""
+
+    def __init__(self, port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.parser = ReplyParser()
+
+    def call(self, *args: bytes | str | int) -> RespValue:
+        """Send one command; its reply (errors are returned as :class:`Error` values)."""
+        argv: list[RespValue] = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+        self.sock.sendall(encode(argv))
+        while (reply := self.parser.next_reply()) is INCOMPLETE:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the node closed the connection")
+            self.parser.feed(chunk)
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def node_info(port: int, timeout: float = 0.5) -> dict[str, str] | None:
     """The node's INFO replication fields, or None if it does not answer in time."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(encode([b"INFO", b"replication"]))
-            parser = ReplyParser()
-            while (reply := parser.next_reply()) is INCOMPLETE:
-                chunk = s.recv(65536)
-                if not chunk:
-                    return None
-                parser.feed(chunk)
+        with Connection(port, timeout) as c:
+            reply = c.call("INFO", "replication")
     except OSError:
         return None
     if not isinstance(reply, bytes):

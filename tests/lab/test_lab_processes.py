@@ -149,3 +149,24 @@ def test_netns_commands_explain_themselves(lab_dir: Path) -> None:
     assert p.returncode == 1 and "--netns" in p.stderr
     p = lab(lab_dir, "status", check=False)
     assert p.returncode == 1 and "no lab is running" in p.stderr
+
+
+def test_demo_passes_and_cleans_up(tmp_path: Path) -> None:
+    d = tmp_path / "demo"
+    p = subprocess.run(
+        [sys.executable, "-m", "appliance", "lab", "demo", "--dir", str(d)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    for line in (
+        "power of n1 pulled",
+        "suspected by",
+        "fenced (outlet confirmed off)",
+        "new primary",
+        "rejoined as a backup",
+        "PASS:",
+    ):
+        assert line in p.stdout, p.stdout
+    assert not (d / "lab.json").exists()
