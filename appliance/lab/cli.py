@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from appliance.lab import netns
 from appliance.lab.layout import LabLayout, LabState, default_dir
 from appliance.lab.probe import node_info, roles_formed
 from appliance.lab.supervisor import Supervisor
@@ -32,7 +33,6 @@ from appliance.protocols.replication import Style
 __all__ = ["lab_main"]
 
 UP_TIMEOUT = 60.0
-NETNS_ONLY = ("pull-network", "plug-network", "partition", "heal", "loss")
 
 
 class LabError(Exception):
@@ -71,7 +71,9 @@ def _dir_flag(lab_dir: Path) -> str:
 
 
 def strip_command(state: LabState, cmnd: str, timeout: float = 10.0) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{state.strip_port}/cm?" + urllib.parse.urlencode({"cmnd": cmnd})
+    url = f"http://{state.strip_host}:{state.strip_port}/cm?" + urllib.parse.urlencode(
+        {"cmnd": cmnd}
+    )
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             reply: dict[str, Any] = json.loads(resp.read())
@@ -85,8 +87,13 @@ def snapshot(state: LabState) -> dict[str, Any]:
     infos: dict[str, dict[str, str] | None] = {}
     for n in state.nodes:
         alive = n.power == "on" and n.pid is not None and n.exit_code is None
-        infos[n.name] = node_info(n.client_port) if alive else None
+        infos[n.name] = node_info(n.client_port, host=n.address) if alive else None
     powered = {n.name for n in state.nodes if n.power == "on" and n.exit_code is None}
+    net = (
+        netns.LabNetwork.for_lab(Path(state.dir), [n.name for n in state.nodes])
+        if state.mode == "netns"
+        else None
+    )
     nodes = []
     primary = None
     for n in state.nodes:
@@ -107,23 +114,23 @@ def snapshot(state: LabState) -> dict[str, Any]:
                 "rank": _int_or_none(i.get("rank")),
                 "view": _int_or_none(i.get("view")),
                 "members": [int(m) for m in i.get("members", "").split(",") if m],
-                "client_host": "127.0.0.1",
+                "client_host": n.address,
                 "client_port": n.client_port,
                 "pid": n.pid,
                 "power": n.power,
                 "exit_code": n.exit_code,
-                "network": "up",
+                "network": "up" if net is None or net.link_up(n.name) else "down",
                 "wire": "none",
                 "datagrams_rejected": rejected,
             }
         )
     return {
         "dir": state.dir,
-        "mode": "processes",
+        "mode": state.mode,
         "replication": state.replication,
         "multicast_group": state.multicast_group,
         "multicast_port": state.multicast_port,
-        "power_strip": f"http://127.0.0.1:{state.strip_port}",
+        "power_strip": f"http://{state.strip_host}:{state.strip_port}",
         "primary": primary,
         "formed": roles_formed(infos, powered) is not None,
         "nodes": nodes,
@@ -140,7 +147,7 @@ def render(snap: dict[str, Any]) -> str:
         f"multicast {snap['multicast_group']}:{snap['multicast_port']}  "
         f"power strip {snap['power_strip']}  primary {snap['primary'] or '-'}",
         "",
-        f"{'NODE':<6}{'ROLE':<10}{'RANK':>5}{'VIEW':>6}  {'CLIENT':<16}{'PID':>8}  "
+        f"{'NODE':<6}{'ROLE':<10}{'RANK':>5}{'VIEW':>6}  {'CLIENT':<22}{'PID':>8}  "
         f"{'POWER':<6}{'NET':<5}{'WIRE':<6}REJECTED",
     ]
     for n in snap["nodes"]:
@@ -148,7 +155,7 @@ def render(snap: dict[str, Any]) -> str:
         role = n["role"] if n["exit_code"] is None else f"exit {n['exit_code']}"
         lines.append(
             f"{n['name']:<6}{role:<10}{_dash(n['rank']):>5}{_dash(n['view']):>6}  "
-            f"{n['client_host'] + ':' + str(n['client_port']):<16}{_dash(n['pid']):>8}  "
+            f"{n['client_host'] + ':' + str(n['client_port']):<22}{_dash(n['pid']):>8}  "
             f"{n['power']:<6}{n['network']:<5}{n['wire']:<6}{rejected or '-'}"
         )
     return "\n".join(lines)
@@ -193,7 +200,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _layout(args: argparse.Namespace) -> LabLayout:
-    return LabLayout.derive(args.dir, args.nodes, Style(args.replication))
+    return LabLayout.derive(
+        args.dir, args.nodes, Style(args.replication), netns=getattr(args, "netns", False)
+    )
 
 
 def _command_name() -> str:
@@ -211,8 +220,9 @@ def _connect_hint(state: LabState, primary: str, foreground: bool = False) -> st
     first = state.nodes[0]
     flag = _dir_flag(Path(state.dir))
     ports = ", ".join(f"{n.name}={n.client_port}" for n in state.nodes)
+    host = "" if first.address == "127.0.0.1" else f"-h {first.address} "
     rows = [
-        (f"redis-cli -p {first.client_port}", f"talk to {first.name} (any node serves)"),
+        (f"redis-cli {host}-p {first.client_port}", f"talk to {first.name} (any node serves)"),
         (f"{me} lab status{flag}", "who is primary, from another terminal"),
         (f"{me} lab pull-power {primary}{flag}", "pull the primary's plug"),
         (f"{me} lab freeze {primary}{flag}", "or freeze it (SIGSTOP: a timing fault)"),
@@ -225,11 +235,8 @@ def _connect_hint(state: LabState, primary: str, foreground: bool = False) -> st
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    if args.netns:
-        raise LabError(
-            "--netns (each node in its own network namespace) is not available yet; "
-            "run without it for the processes lab"
-        )
+    if args.netns and (why := netns.available()) is not None:
+        raise LabError(why)
     lab_dir: Path = args.dir
     try:
         running_state(lab_dir)
@@ -258,6 +265,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 str(layout.nodes),
                 "--replication",
                 layout.replication.value,
+                *(["--netns"] if layout.network is not None else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -372,6 +380,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         for kill in (os.killpg, os.kill):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(pid, signal.SIGKILL)
+    if state.mode == "netns":  # normally removed by the supervisor; never left behind
+        netns.LabNetwork.for_lab(lab_dir, [n.name for n in state.nodes]).teardown()
     (lab_dir / "lab.json").unlink(missing_ok=True)
     print(f"lab in {lab_dir}: stopped")
     return 0
@@ -410,11 +420,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def cmd_netns_only(args: argparse.Namespace) -> int:
-    raise LabError(
-        f"lab {args.command} needs a lab whose nodes have their own network namespaces "
-        "(appliance lab up --netns), which is not available yet"
-    )
+def _network(args: argparse.Namespace) -> tuple[LabState, netns.LabNetwork]:
+    state = running_state(args.dir)
+    if state.mode != "netns":
+        raise LabError(
+            f"lab {args.command} needs a lab whose nodes have their own network namespaces: "
+            "appliance lab down, then appliance lab up --netns (as root)"
+        )
+    return state, netns.LabNetwork.for_lab(args.dir, [n.name for n in state.nodes])
+
+
+def cmd_pull_network(args: argparse.Namespace) -> int:
+    state, net = _network(args)
+    net.link(state.node(args.node).name, False)
+    print(f"{args.node}: network cable pulled")
+    return 0
+
+
+def cmd_plug_network(args: argparse.Namespace) -> int:
+    state, net = _network(args)
+    net.link(state.node(args.node).name, True)
+    print(f"{args.node}: network cable plugged in")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    state, net = _network(args)
+    groups = [[n for n in g.split(",") if n] for g in args.groups]
+    listed = {n for g in groups for n in g}
+    rest = [n.name for n in state.nodes if n.name not in listed]
+    if rest:
+        groups.append(rest)  # the nodes not named form a side of their own
+    if len(groups) < 2:
+        raise LabError("partition needs at least two sides, e.g.: appliance lab partition n1 n2,n3")
+    net.partition(groups)
+    print("partitioned: " + " | ".join(",".join(g) for g in groups))
+    return 0
+
+
+def cmd_heal(args: argparse.Namespace) -> int:
+    _, net = _network(args)
+    net.heal()
+    print("healed: no partition, no loss, every cable plugged in")
+    return 0
+
+
+def cmd_loss(args: argparse.Namespace) -> int:
+    _, net = _network(args)
+    net.loss(args.percent)
+    print(f"every node now drops {args.percent:g}% of what it receives")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -440,6 +495,7 @@ def parser() -> argparse.ArgumentParser:
     sv = add("_supervise", cmd_supervise, "the lab's supervisor (started by up)")
     sv.add_argument("--nodes", type=int, default=3)
     sv.add_argument("--replication", default=Style.SEMI_ACTIVE.value)
+    sv.add_argument("--netns", action="store_true")
     st = add("status", cmd_status, "every node's role, view, port, pid, power and rejects")
     st.add_argument("--json", action="store_true")
     add("pull-power", cmd_pull_power, "cut a node's power (SIGKILL, no goodbye)", node=True)
@@ -456,9 +512,13 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--replication", choices=[s.value for s in Style], default=Style.SEMI_ACTIVE.value
     )
-    for name in NETNS_ONLY:
-        nx = add(name, cmd_netns_only, f"{name} (netns labs only)")
-        nx.add_argument("args", nargs="*")
+    add("pull-network", cmd_pull_network, "pull a node's network cable (netns)", node=True)
+    add("plug-network", cmd_plug_network, "plug it back in (netns)", node=True)
+    part = add("partition", cmd_partition, "split the network, e.g. partition n1 n2,n3 (netns)")
+    part.add_argument("groups", nargs="+", help="comma-separated nodes of each side")
+    add("heal", cmd_heal, "undo partitions, loss and pulled cables (netns)")
+    loss = add("loss", cmd_loss, "drop PERCENT of every node's input, 0 to stop (netns)")
+    loss.add_argument("percent", type=float)
     return p
 
 

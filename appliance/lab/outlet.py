@@ -1,7 +1,7 @@
 """The lab's fence device: switch one outlet of the emulated power strip, then exit.
 
-Run by the agents as a ``command`` fence device (``outlet.py PORT NAME=CHANNEL,... NODE
-off|on``), so it is kept to the standard library and started with ``python -S``: it sits on
+Run by the agents as a ``command`` fence device (``outlet.py HOST:PORT NAME=CHANNEL,...
+NODE off|on``), so it is kept to the standard library and started with ``python -S``: it sits on
 the failover path, and importing the whole appliance would cost a few hundred milliseconds.
 Exit status 0 once the strip confirms the outlet is in the requested state.
 """
@@ -14,16 +14,16 @@ import urllib.request
 
 def main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[3] not in ("off", "on"):
-        print("usage: outlet.py PORT NAME=CHANNEL,... NODE off|on", file=sys.stderr)
+        print("usage: outlet.py HOST:PORT NAME=CHANNEL,... NODE off|on", file=sys.stderr)
         return 2
-    port, mapping, node, action = argv
+    strip, mapping, node, action = argv
     channels = dict(item.split("=", 1) for item in mapping.split(","))
     if node not in channels:
         print(f"outlet.py: no outlet for node {node!r}", file=sys.stderr)
         return 2
     word = "On" if action == "on" else "Off"
     query = urllib.parse.urlencode({"cmnd": f"Power{channels[node]} {word}"})
-    url = f"http://127.0.0.1:{port}/cm?{query}"
+    url = f"http://{strip}/cm?{query}"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             reply = json.loads(resp.read())

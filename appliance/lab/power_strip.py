@@ -77,13 +77,16 @@ class Outlet:
     def state(self) -> NodeState:
         proc = self.proc
         exit_code = proc.poll() if proc is not None else None
+        net = self.layout.network
         return NodeState(
             self.name,
             self.id,
+            self.layout.address(self.name),
             self.layout.client_port(self.name),
             proc.pid if proc is not None else None,
             "on" if proc is not None else "off",
             exit_code,
+            "up" if net is None or net.link_up(self.name) else "down",
         )
 
     def on(self) -> None:
@@ -91,7 +94,9 @@ class Outlet:
             if self.proc is not None and self.proc.poll() is None:
                 return
             self.proc = None
+            net = self.layout.network
             argv = [
+                *(net.exec_prefix(self.name) if net is not None else []),
                 sys.executable,
                 "-m",
                 "appliance",
@@ -138,7 +143,8 @@ class PowerStrip:
         self.outlets = [
             Outlet(layout, name, i, self.publish) for i, name in enumerate(layout.names, 1)
         ]
-        self.server = ThreadingHTTPServer(("127.0.0.1", layout.strip_port), self._handler())
+        address = (layout.strip_host, layout.strip_port)
+        self.server = ThreadingHTTPServer(address, self._handler())
         self.server.daemon_threads = True
         self.power = ThreadPoolExecutor(max_workers=1, thread_name_prefix="power")
         """Every outlet switches here: one thread that lives as long as the strip."""
@@ -151,7 +157,9 @@ class PowerStrip:
         lay = self.layout
         return LabState(
             str(lay.dir),
+            lay.mode,
             os.getpid(),
+            lay.strip_host,
             lay.strip_port,
             lay.multicast_group,
             lay.multicast_port,

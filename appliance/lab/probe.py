@@ -42,10 +42,10 @@ class Connection:
         self.close()
 
 
-def node_info(port: int, timeout: float = 0.5) -> dict[str, str] | None:
+def node_info(port: int, timeout: float = 0.5, host: str = "127.0.0.1") -> dict[str, str] | None:
     """The node's INFO replication fields, or None if it does not answer in time."""
     try:
-        with Connection(port, timeout) as c:
+        with Connection(port, timeout, host) as c:
             reply = c.call("INFO", "replication")
     except OSError:
         return None

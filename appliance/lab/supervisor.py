@@ -31,6 +31,8 @@ class Supervisor:
     def start(self) -> PowerStrip:
         """Files, strip and agents up; returns once every outlet is on (not yet formed)."""
         lay = self.layout
+        if lay.network is not None:
+            lay.network.setup()
         lay.write_files()
         for name in lay.names:  # a fresh lab: no logs or incarnations of an earlier one
             lay.log_path(name).unlink(missing_ok=True)
@@ -40,9 +42,11 @@ class Supervisor:
             strip.switch(outlet, True)
         strip.publish()
         log.info(
-            "lab in %s: %d nodes, strip http://127.0.0.1:%d, multicast %s:%d",
+            "lab in %s (%s): %d nodes, strip http://%s:%d, multicast %s:%d",
             lay.dir,
+            lay.mode,
             lay.nodes,
+            lay.strip_host,
             lay.strip_port,
             lay.multicast_group,
             lay.multicast_port,
@@ -65,6 +69,8 @@ class Supervisor:
         if self.strip is not None:
             self.strip.shutdown()
             self.strip = None
+        if self.layout.network is not None:
+            self.layout.network.teardown()
         with contextlib.suppress(FileNotFoundError):
             self.layout.state_path.unlink()
         log.info("lab in %s: stopped", self.layout.dir)
