@@ -17,7 +17,7 @@ run: $(BIN)/.installed
 	$(BIN)/appliance lab up --nodes 3 --foreground
 
 demo: $(BIN)/.installed
-	$(BIN)/appliance lab demo
+	$(BIN)/appliance lab demo $(if $(NETNS),--netns)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check appliance tests

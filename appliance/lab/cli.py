@@ -403,8 +403,6 @@ def cmd_outlet(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from appliance.lab.demo import report, run_demo
 
-    if args.netns:
-        raise LabError("the --netns demo (pulling the network cable) is not available yet")
     args.foreground = False
     args.timeout = UP_TIMEOUT
     args.quiet = True
@@ -413,7 +411,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         state = running_state(args.dir)
         snap = snapshot(state)
-        result = run_demo(args.dir, state, str(snap["primary"]))
+        result = run_demo(args.dir, state, str(snap["primary"]), network=args.netns)
         print(report(result), flush=True)
     finally:
         cmd_down(args)

@@ -34,6 +34,7 @@ class Writer(threading.Thread):
     """Sequential ``SET demo:i i`` through one node, one at a time; what was acknowledged when."""
 
     port: int
+    host: str
     acked: dict[str, float] = field(default_factory=dict)
     """Key -> when its SET was acknowledged."""
     invoked: dict[str, float] = field(default_factory=dict)
@@ -52,7 +53,7 @@ class Writer(threading.Thread):
             key = f"demo:{i}"
             try:
                 if conn is None:
-                    conn = Connection(self.port, timeout=5)
+                    conn = Connection(self.port, timeout=5, host=self.host)
                 self.invoked[key] = time.time()
                 reply = conn.call("SET", key, i)
             except OSError as e:
@@ -110,19 +111,39 @@ def _wait(what: str, check: object, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def run_demo(lab_dir: Path, state: LabState, primary: str, say: object = print) -> DemoResult:
+def run_demo(
+    lab_dir: Path, state: LabState, primary: str, say: object = print, network: bool = False
+) -> DemoResult:
+    """Pull the primary's power (or, ``network``, its network cable) under a writing client."""
     assert callable(say)
     from appliance.lab.cli import snapshot, strip_command  # the lab CLI's own views
+    from appliance.lab.netns import LabNetwork
 
     old = state.node(primary)
     client_node = next(n for n in state.nodes if n.name != primary)
     say(f"client: sequential SETs through {client_node.name} (port {client_node.client_port})")
-    writer = Writer(client_node.client_port)
+    writer = Writer(client_node.client_port, client_node.address)
     writer.start()
     _wait("the first writes", lambda: len(writer.acked) >= 200, 30)
+    what = "network cable" if network else "power"
+    net = LabNetwork.for_lab(lab_dir, [n.name for n in state.nodes]) if network else None
     pulled = time.time()
-    say(f"pulling the power of {primary}, the primary, after {len(writer.acked)} writes")
-    strip_command(state, f"Power{old.id} Off")
+    say(f"pulling the {what} of {primary}, the primary, after {len(writer.acked)} writes")
+    plugged = None
+    if net is not None:
+        net.link(primary, False)
+        _wait(
+            "a new primary",
+            lambda: snapshot(LabState.read(lab_dir / "lab.json"))["primary"] not in (None, primary),
+            60,
+        )
+        resumed = len(writer.acked)
+        _wait("writes on the new primary", lambda: len(writer.acked) > resumed + 100, 30)
+        say(f"plugging {primary}'s network cable back in")
+        plugged = time.time()
+        net.link(primary, True)
+    else:
+        strip_command(state, f"Power{old.id} Off")
 
     def back_as_backup() -> bool:
         snap = snapshot(LabState.read(lab_dir / "lab.json"))
@@ -135,7 +156,9 @@ def run_demo(lab_dir: Path, state: LabState, primary: str, say: object = print) 
     writer.halt.set()
     writer.join(10)
 
-    events: list[tuple[float, str]] = [(pulled, f"power of {primary} pulled")]
+    events: list[tuple[float, str]] = [(pulled, f"{what} of {primary} pulled")]
+    if plugged is not None:
+        events.append((plugged, f"{primary}'s network cable plugged back in"))
     logs = {n.name: _log_events(lab_dir / f"{n.name}.log", pulled) for n in state.nodes}
     others = [e for n in state.nodes if n.name != primary for e in logs[n.name]]
     others.sort()
@@ -163,7 +186,7 @@ def run_demo(lab_dir: Path, state: LabState, primary: str, say: object = print) 
     missing: dict[str, int] = {}
     keys = list(writer.acked)
     for n in state.nodes:
-        with Connection(n.client_port, timeout=10) as c:
+        with Connection(n.client_port, timeout=10, host=n.address) as c:
             lost = 0
             for i in range(0, len(keys), BATCH):
                 batch = keys[i : i + BATCH]
