@@ -252,6 +252,17 @@ class HealthCheck:
         self.probe = probe
         self.last: HealthVerdict | None = None
 
+    @classmethod
+    def for_node(
+        cls,
+        node: NodeConfig,
+        peer_wires: Callable[[], Mapping[str, WireState]] | None = None,
+        **kw: Any,
+    ) -> HealthCheck:
+        """The check ``node``'s configuration asks for (its ``witness``), with wire evidence
+        from ``peer_wires`` (e.g. ``WireInputs.states``)."""
+        return cls(node.witness, peer_wires=peer_wires, **kw)
+
     async def check(self, target: str | None = None) -> HealthVerdict:
         """Whether this node may fence ``target`` now (and why not)."""
         verdict = await self._check(target)
@@ -357,7 +368,7 @@ class Fencer:
         fut: asyncio.Future[FenceRecord] = loop.create_future()
         self._in_flight[node.name] = fut
         try:
-            record = await self._fence(node)
+            record, dev = await self._fence(node)
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning if nobody joined
@@ -365,8 +376,8 @@ class Fencer:
         finally:
             del self._in_flight[node.name]
         fut.set_result(record)
-        if record.ok and node.fence_action is FenceAction.POWER_CYCLE:
-            self._start_power_on(node, record)
+        if dev is not None and node.fence_action is FenceAction.POWER_CYCLE:
+            self._start_power_on(node, record, dev)
         else:
             self._finish(record)
         return record
@@ -410,7 +421,8 @@ class Fencer:
             log.exception("wire probe for %s raised", name)
             return WireState.UNKNOWN
 
-    async def _fence(self, node: NodeConfig) -> FenceRecord:
+    async def _fence(self, node: NodeConfig) -> tuple[FenceRecord, PowerDevice | None]:
+        """The verdict, and the device that fenced (None if none did)."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         base = FenceRecord(
@@ -423,21 +435,26 @@ class Fencer:
             wire_before=self._wire(node.name),
         )
         if self.health is not None:
-            verdict = await self.health.check(node.name)
+            try:
+                verdict = await self.health.check(node.name)
+            except Exception as e:  # a broken check must not fence, nor kill the caller
+                log.exception("health check raised")
+                verdict = HealthVerdict(False, f"health check raised {e!r}")
             if not verdict.ok:
-                return replace(
+                refused = replace(
                     base,
                     result=FenceResult.REFUSED,
                     seconds=loop.time() - t0,
                     error=f"this node is not healthy enough to fence: {verdict.reason}",
                 )
+                return refused, None
         devices = self.devices.get(node.name, ())
         attempts: list[FenceAttempt] = []
         for dev in devices:
             attempt = await self._attempt(node, dev, base.wire_before)
             attempts.append(attempt)
             if attempt.result is AttemptResult.FENCED:
-                return replace(
+                fenced = replace(
                     base,
                     result=FenceResult.FENCED,
                     seconds=loop.time() - t0,
@@ -449,13 +466,15 @@ class Fencer:
                         else PowerOn.NOT_NEEDED
                     ),
                 )
+                return fenced, dev
         reasons = "; ".join(f"{a.device}: {a.error}" for a in attempts)
-        return replace(
+        failed = replace(
             base,
             seconds=loop.time() - t0,
             attempts=tuple(attempts),
             error=reasons or "no fence device configured",
         )
+        return failed, None
 
     async def _attempt(self, node: NodeConfig, dev: PowerDevice, before: WireState) -> FenceAttempt:
         loop = asyncio.get_running_loop()
@@ -471,6 +490,11 @@ class Fencer:
             confirmed = await self._confirm_off(dev)
         except PowerDeviceError as e:
             return done(AttemptResult.FAILED, str(e), wire=self._wire(node.name))
+        except Exception as e:  # a driver bug is a failed level, never an unhandled fence
+            log.exception("fence device %s raised", dev.description)
+            return done(
+                AttemptResult.FAILED, f"{dev.description}: {e!r}", wire=self._wire(node.name)
+            )
         if confirmed is PowerState.ON:
             return done(
                 AttemptResult.FAILED,
@@ -523,15 +547,14 @@ class Fencer:
 
     # -- power-cycle -------------------------------------------------------------------------
 
-    def _start_power_on(self, node: NodeConfig, record: FenceRecord) -> None:
+    def _start_power_on(self, node: NodeConfig, record: FenceRecord, dev: PowerDevice) -> None:
         cycle = _Cycle(record)
         self._cycles[node.name] = cycle
-        cycle.task = asyncio.get_running_loop().create_task(self._power_on(node, record))
+        cycle.task = asyncio.get_running_loop().create_task(self._power_on(node, record, dev))
 
-    async def _power_on(self, node: NodeConfig, record: FenceRecord) -> None:
+    async def _power_on(self, node: NodeConfig, record: FenceRecord, dev: PowerDevice) -> None:
         loop = asyncio.get_running_loop()
         off_at = loop.time()  # the verdict: the power was confirmed off (and proven) by now
-        dev = next(d for d in self.devices[node.name] if d.description == record.device)
         final = record
         try:
             await asyncio.sleep(node.off_hold)

@@ -42,6 +42,7 @@ from typing import Any
 
 from gpiozero import InputDevice, OutputDevice
 
+from appliance.node.config import NodeConfig, TimingConfig
 from appliance.protocols.failure_detector import WireState
 
 __all__ = ["HeartbeatOut", "WireChange", "WireInputs"]
@@ -73,6 +74,13 @@ class HeartbeatOut:
         self.toggles = 0
         self.held = 0
         """Ticks on which the level was held because ``healthy()`` said no."""
+
+    @classmethod
+    def for_node(cls, node: NodeConfig, timing: TimingConfig, **kw: Any) -> HeartbeatOut | None:
+        """``node``'s wire at ``timing.wire_toggle``, or None if it has no heartbeat pin."""
+        if node.heartbeat_out_pin is None:
+            return None
+        return cls(node.heartbeat_out_pin, timing.wire_toggle, **kw)
 
     @property
     def running(self) -> bool:
@@ -196,6 +204,16 @@ class WireInputs:
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def for_node(cls, node: NodeConfig, timing: TimingConfig, **kw: Any) -> WireInputs | None:
+        """``node``'s ``heartbeat_in`` pins, FLAT after ``flat_wire_timeout`` (the config
+        guarantees it exceeds twice ``wire_toggle``); None if it has no wires in."""
+        if not node.heartbeat_in:
+            return None
+        return cls(
+            node.heartbeat_in, toggle=timing.wire_toggle, flat_after=timing.flat_wire_timeout, **kw
+        )
 
     def _now(self) -> float:
         if self._clock is not None:

@@ -467,3 +467,31 @@ def test_wire_health_without_witness_ignores_the_target() -> None:
     two_nodes = HealthCheck(None, peer_wires=lambda: {"pi1": WireState.FLAT})
     assert run(two_nodes.check("pi1")).ok
     assert run(HealthCheck(None).check("pi1")).ok
+
+
+def test_a_broken_health_check_or_device_never_escapes(tmp_path: Path) -> None:
+    cfg = cluster(action="off")
+
+    async def broken(address: str, port: int, timeout: float) -> str | None:
+        raise RuntimeError("probe bug")
+
+    record = run(
+        fencer(
+            cfg, {"pi1": [marker(tmp_path)]}, health=HealthCheck("10.0.0.1", probe=broken)
+        ).fence("pi1")
+    )
+    assert record.result is FenceResult.REFUSED and "probe bug" in (record.error or "")
+
+    class Buggy(CommandDevice):
+        async def _off(self) -> None:
+            raise KeyError("driver bug")
+
+    buggy = Buggy("pi1", CommandFence(("/bin/true",)))
+    record = run(fencer(cfg, {"pi1": [buggy, marker(tmp_path)]}).fence("pi1"))
+    assert record.ok and "driver bug" in (record.attempts[0].error or "")
+
+
+def test_health_check_from_the_node_configuration() -> None:
+    cfg = cluster()
+    check = HealthCheck.for_node(cfg.node("pi2"), lambda: {"pi3": WireState.ALIVE})
+    assert check.witness is None and run(check.check("pi1")).ok

@@ -4,6 +4,7 @@ both sampled by hand on a fake clock (exact) and loop-driven against a connected
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -217,3 +218,42 @@ def test_a_connected_wire_goes_alive_then_flat_when_the_sender_stops(
         out.close()
 
     asyncio.run(main())
+
+
+def test_built_from_the_node_configuration(factory: MockFactory) -> None:
+    from appliance.node.config import loads_config
+
+    cfg = loads_config(
+        """
+[cluster]
+name = "hw"
+[timing]
+wire_toggle_ms = 10
+flat_wire_timeout_ms = 40
+[[nodes]]
+name = "a"
+id = 1
+address = "127.0.0.1"
+client_port = 7001
+heartbeat_out_pin = 17
+heartbeat_in = { b = 27 }
+fence = [{ type = "command", argv = ["/bin/true"] }]
+[[nodes]]
+name = "b"
+id = 2
+address = "127.0.0.1"
+client_port = 7002
+heartbeat_out_pin = 17
+fence = [{ type = "command", argv = ["/bin/true"] }]
+"""
+    )
+    a, b = cfg.node("a"), cfg.node("b")
+    out = HeartbeatOut.for_node(a, cfg.timing, pin_factory=factory)
+    assert out is not None and out.pin == 17 and out.toggle == 0.01
+    w = WireInputs.for_node(a, cfg.timing, pin_factory=factory)
+    assert w is not None and w.peers == ("b",) and w.flat_after == 0.04
+    assert w.sample_every == 0.005
+    assert HeartbeatOut.for_node(dataclasses.replace(b, heartbeat_out_pin=None), cfg.timing) is None
+    assert WireInputs.for_node(b, cfg.timing) is None
+    out.close()
+    w.close()
