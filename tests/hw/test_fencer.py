@@ -13,12 +13,10 @@ import contextlib
 import json
 import socket
 import sys
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
 from gpiozero.pins.mock import MockConnectedPin, MockFactory, MockPin
 
 from appliance.hw.fencer import (
@@ -43,22 +41,7 @@ from appliance.node.config import (
 )
 from appliance.protocols.failure_detector import WireState
 from tests.hw.plugs import PlugState, plug_server
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], budget: float = 20.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, budget)
-
-    return asyncio.run(bounded())
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.005)
+from tests.hw.support import run, until
 
 
 def cluster(
@@ -120,13 +103,6 @@ def marker(tmp_path: Path, code: int = 0, name: str = "m") -> CommandDevice:
     script = tmp_path / "mark.py"
     script.write_text(MARK)
     return CommandDevice("pi1", CommandFence((sys.executable, str(script), str(d), str(code))))
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.reset()
 
 
 # -- fencing levels ------------------------------------------------------------------------

@@ -7,27 +7,13 @@ import asyncio
 import dataclasses
 import itertools
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 from gpiozero.pins.mock import MockConnectedPin, MockFactory
 
 from appliance.hw.heartbeat import HeartbeatOut, WireChange, WireInputs
 from appliance.protocols.failure_detector import WireState
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.reset()
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.005)
+from tests.hw.support import until
 
 
 def gaps(pin: object) -> list[float]:

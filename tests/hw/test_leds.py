@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
 
-import pytest
 from gpiozero.pins.mock import MockFactory
 
 from appliance.hw.leds import LedPattern, StatusLed, pattern_for
 from appliance.protocols.messages import Role
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.reset()
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.005)
+from tests.hw.support import until
 
 
 def test_roles_map_to_patterns() -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -24,23 +21,7 @@ from appliance.hw.power import (
 )
 from appliance.node.config import CommandFence, GpioRelayFence, ShellyFence, TasmotaFence
 from tests.hw.plugs import PlugState, plug_server
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], budget: float = 10.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, budget)
-
-    return asyncio.run(bounded())
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.reset()
-
+from tests.hw.support import run, status_cycle
 
 # -- GPIO relay ----------------------------------------------------------------------------
 
@@ -96,15 +77,7 @@ def test_tasmota_off_on_status_with_documented_urls() -> None:
     with plug_server() as (url, st):
         dev = TasmotaDevice("pi2", TasmotaFence(url=url))
 
-        async def cycle() -> list[PowerState]:
-            seen = [await dev.status()]
-            await dev.off()
-            seen.append(await dev.status())
-            await dev.on()
-            seen.append(await dev.status())
-            return seen
-
-        assert run(cycle()) == [PowerState.ON, PowerState.OFF, PowerState.ON]
+        assert run(status_cycle(dev)) == [PowerState.ON, PowerState.OFF, PowerState.ON]
         assert st.paths == [
             "/cm?cmnd=Power",
             "/cm?cmnd=Power%20Off",
@@ -274,15 +247,7 @@ def command(tmp_path: Path, mode: str, timeout: float = 5.0) -> CommandDevice:
 def test_command_device_actions_and_status_word(tmp_path: Path) -> None:
     dev = command(tmp_path, "ok")
 
-    async def cycle() -> list[PowerState]:
-        seen = [await dev.status()]
-        await dev.off()
-        seen.append(await dev.status())
-        await dev.on()
-        seen.append(await dev.status())
-        return seen
-
-    assert run(cycle()) == [PowerState.ON, PowerState.OFF, PowerState.ON]
+    assert run(status_cycle(dev)) == [PowerState.ON, PowerState.OFF, PowerState.ON]
     assert (tmp_path / "pi2").read_text() == "on"
 
 
