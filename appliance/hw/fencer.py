@@ -301,9 +301,9 @@ class Fencer:
     """Runs fences from node ``me`` against the other nodes of ``cluster``.
 
     Construct it when the agent starts: it opens every relay channel this node drives at its
-    ``initial_value`` (keeping those neighbours powered) and the other devices lazily hold
-    nothing. ``fence()`` is the hook for ``FenceRequested``; ``aclose()`` at shutdown finishes
-    pending power-ons and releases the pins.
+    ``initial_value`` (keeping those neighbours powered); HTTP and command devices hold
+    nothing between operations. ``fence()`` is the hook for ``FenceRequested``; ``aclose()``
+    at shutdown finishes pending power-ons and releases the pins.
     """
 
     def __init__(
@@ -369,6 +369,9 @@ class Fencer:
         self._in_flight[node.name] = fut
         try:
             record, dev = await self._fence(node)
+        except asyncio.CancelledError:
+            fut.cancel()  # requests that joined this fence are cancelled with it
+            raise
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning if nobody joined

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from gpiozero.pins.mock import MockConnectedPin, MockFactory, MockPin
 
 from appliance.hw.fencer import (
@@ -471,3 +472,24 @@ def test_health_check_from_the_node_configuration() -> None:
     cfg = cluster()
     check = HealthCheck.for_node(cfg.node("pi2"), lambda: {"pi3": WireState.ALIVE})
     assert check.witness is None and run(check.check("pi1")).ok
+
+
+def test_a_cancelled_fence_cancels_its_joiners_and_can_be_retried(tmp_path: Path) -> None:
+    cfg = cluster(action="off")
+    slow = CommandDevice("pi1", CommandFence((sys.executable, "-c", "import time; time.sleep(30)")))
+
+    async def main() -> FenceRecord:
+        f = fencer(cfg, {"pi1": [slow]})
+        first = asyncio.ensure_future(f.fence("pi1"))
+        await asyncio.sleep(0)
+        joiner = asyncio.ensure_future(f.fence("pi1"))
+        await until(lambda: "pi1" in f._in_flight)
+        await asyncio.sleep(0.05)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await joiner
+        assert "pi1" not in f._in_flight
+        f.devices["pi1"] = (marker(tmp_path),)
+        return await f.fence("pi1")
+
+    assert run(main()).ok
