@@ -199,7 +199,7 @@ def test_a_connected_wire_goes_alive_then_flat_when_the_sender_stops(
         stopped = asyncio.get_running_loop().time()
         await until(lambda: w.state("pi2") is WireState.FLAT)
         assert changes[-1].state is WireState.FLAT
-        assert changes[-1].at - stopped >= 0.05 - 0.011  # since its last change, give or take
+        assert changes[-1].at > stopped  # (the exact timing is checked on a fake clock above)
         w.close()
         out.close()
 
