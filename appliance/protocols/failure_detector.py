@@ -160,6 +160,11 @@ class FailureDetector:
         if watch is not None and now > watch.last_heard:
             self._watches[node] = replace(watch, last_heard=now)
 
+    def last_heard(self, node: int) -> float:
+        """When the last authenticated datagram from ``node`` arrived (or when it was first
+        watched). Raises KeyError if it is not watched."""
+        return self._watch(node).last_heard
+
     def wire_observed(self, node: int, state: WireState, now: float) -> None:
         """Record the hardware layer's latest verdict on ``node``'s heartbeat wire.
 
