@@ -206,6 +206,8 @@ class GroupMember:
         self.confirming: Confirming | None = None
         self.assembly: Assembly | None = None
         self.stepdown: StepDown | None = None
+        self.offered_to: Member | None = None
+        """Whom we offered the primary role in this view (a late acceptance is still honoured)."""
         self.learning_from: Member | None = None
         self.learning_since = now
         self.learning_snapshot = 0
@@ -213,6 +215,8 @@ class GroupMember:
         self.suspect_since: float | None = None
         self.started = now
         self.primary_hint: tuple[Member, float] | None = None
+        self.announced: tuple[Member, ...] | None = None
+        """Without a view: the members of the last primary announcement heard."""
         self.viewless_heard: dict[int, float] = {}
         self.viewful_heard = -NEVER
         self.last_join_sent = -NEVER
@@ -266,6 +270,16 @@ class GroupMember:
         self.admission = None
         self._tick_stepdown(now)
         return self.view.members[1]
+
+    @property
+    def departed(self) -> bool:
+        """Out of the group: no view, and a primary has since announced a view without us
+        (after ``leave``, the primary removed us without a fence: we asked to rejoin)."""
+        return (
+            self.view is None
+            and self.announced is not None
+            and all(m.node != self.me.node for m in self.announced)
+        )
 
     @property
     def handover_phase(self) -> HandoverPhase | None:
@@ -705,6 +719,7 @@ class GroupMember:
             return
         if self.role in (Role.JOINING, Role.LEARNING):
             self.primary_hint = (members[0], now)
+            self.announced = members
             if (
                 self.role is Role.LEARNING
                 and self.learning_from is not None
@@ -752,14 +767,18 @@ class GroupMember:
         n = h.view
         if self.is_primary and self.view is not None and n > self.view.number:
             sd = self.stepdown
+            offered = sd.phase is HandoverPhase.OFFERED if sd is not None else True
             if (
-                sd is not None
-                and sd.phase is HandoverPhase.OFFERED
-                and sd.successor == Member(proposer, h.incarnation)
+                offered
+                and self.offered_to == Member(proposer, h.incarnation)
+                and self.offered_to in self.view.members
                 and any(m == self.me for m in body.members)
             ):
-                # The successor we offered the role to takes it: stop being primary before
-                # voting, so its view can never overlap ours.
+                # The successor we offered the role to takes it (perhaps after our offer timed
+                # out): stop being primary before voting, so its view never overlaps ours. Its
+                # recovery adopts the longest log, so what we ordered meanwhile is not lost.
+                if sd is None:
+                    sd = self.stepdown = StepDown(now, successor=self.offered_to)
                 sd.phase = HandoverPhase.VOTED
                 sd.voted_at = now
                 self._set_role(Role.BACKUP, f"handing over to node {proposer} (view {n})")
@@ -980,6 +999,8 @@ class GroupMember:
         self.ack_sent.clear()
         self.nacks_due.clear()
         self.primary_hint = None
+        self.announced = None
+        self.offered_to = None
         self.started = now
         # Inputs not yet applied by the host belong to the state being dropped.
         stale = (Delivered, Committed, SnapshotInstalled, SnapshotRequested)
@@ -1119,6 +1140,7 @@ class GroupMember:
         if now >= sd.last_sent + self.cfg.proposal_retry:
             sd.last_sent = now
             sd.successor = self.view.members[1]  # a removal meanwhile moves the next rank up
+            self.offered_to = sd.successor
             self._emit(Handover(sd.successor, self.delivered))
 
     def _tick_voted(self, now: float) -> None:
