@@ -62,7 +62,7 @@ VERSION = 1
 """Of the request and reply objects; a request with another version is refused."""
 DEFAULT_CONFIG = Path("/etc/appliance/cluster.toml")
 MAX_REQUEST = 64 * 1024
-STOP_GRACE = 5.0
+STOP_GRACE = 3.0
 """On SIGTERM, how long the agent may spend handing over and leaving before it exits."""
 FENCE_ACTIONS = ("off", "on", "cycle")
 
