@@ -99,7 +99,7 @@ def _prepare(path: Path) -> None:
     a socket another agent is still serving."""
     d = path.parent
     if not d.exists():
-        d.mkdir(mode=0o750, parents=True)
+        d.mkdir(mode=0o750, parents=True, exist_ok=True)
     st = d.stat()
     if st.st_mode & 0o027 and st.st_uid == os.getuid():
         d.chmod(stat.S_IMODE(st.st_mode) & ~0o027)

@@ -8,6 +8,7 @@ wait polls against a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -140,13 +141,22 @@ def check_acknowledged(node: Node, acked: dict[str, bytes]) -> None:
         assert r.mget(chunk) == [acked[k] for k in chunk]
 
 
-def test_step_down_by_command_hands_over_to_rank_two_without_a_fence(env: Env) -> None:
-    c = env.cluster
+@contextlib.contextmanager
+def writing(env: Env) -> Iterator[tuple[Writer, str, str]]:
+    """A client writing through rank 3 (a backup throughout); yields it, rank 2 and rank 3."""
     _, second, third = env.ranks()
-    w = Writer(c.nodes[third])
+    w = Writer(env.cluster.nodes[third])
     try:
         w.start()
         wait_for("writes", partial(writes_resume, w, 0), 10)
+        yield w, second, third
+    finally:
+        w.stop()
+
+
+def test_step_down_by_command_hands_over_to_rank_two_without_a_fence(env: Env) -> None:
+    c = env.cluster
+    with writing(env) as (w, second, third):
         p = env.cli("step-down", "--node", "n1")
         assert p.returncode == 0, p.stderr
         assert f"handed over to {second}" in p.stdout
@@ -166,17 +176,11 @@ def test_step_down_by_command_hands_over_to_rank_two_without_a_fence(env: Env) -
         assert "fencing node" not in c.logs()
         text = env.cli("status", "--node", second).stdout
         assert "role      primary" in text and "LAST HEARD" in text
-    finally:
-        w.stop()
 
 
 def test_sigterm_of_the_primary_hands_over_before_it_exits(env: Env) -> None:
     c = env.cluster
-    _, second, third = env.ranks()
-    w = Writer(c.nodes[third])
-    try:
-        w.start()
-        wait_for("writes", partial(writes_resume, w, 0), 10)
+    with writing(env) as (w, second, third):
         n1 = c.nodes["n1"].proc
         assert n1 is not None
         n1.send_signal(signal.SIGTERM)
@@ -200,5 +204,3 @@ def test_sigterm_of_the_primary_hands_over_before_it_exits(env: Env) -> None:
         started = time.monotonic()
         assert env.status("n1") is None  # its control socket went away with it
         assert time.monotonic() - started < 10
-    finally:
-        w.stop()
