@@ -842,13 +842,15 @@ class GroupMember:
     def _on_propose_backup(
         self, h: Header, body: ProposeBackup, now: float, from_primary: bool
     ) -> None:
-        if not self.is_primary or self.view is None or self.stepdown is not None:
+        if not self.is_primary or self.view is None:
             return
         joiner = Member(h.src_node, h.incarnation)
         if h.src_node in self.view:
             # A member asking to join has lost its state (restarted or reset): it is gone.
             self.dead.add(h.src_node)
             return
+        if self.stepdown is not None:
+            return  # handing over: the next primary admits it
         adm = self.admission
         if adm is not None:
             restarted = adm.joiner == joiner and adm.installed  # it reset after installing

@@ -145,3 +145,22 @@ def test_a_backup_that_leaves_is_removed_without_a_fence() -> None:
     c.run_until(c.now + 0.5)
     assert len(c.fence_log) == fences
     settle_and_check(c)
+
+
+def test_a_successor_that_leaves_meanwhile_passes_the_offer_to_the_next_rank() -> None:
+    c = formed_cluster(seed=19)
+    c.run_until(c.now + 0.3)
+    old = primary(c)
+    _, second, third = view_of(c, old)
+    fences = len(c.fence_log)
+    assert c.step_down(old) == second
+    leaver = c.nodes[second].engine
+    assert leaver is not None
+    leaver.leave("agent stopping", c.now)  # before the offer reaches it
+    c._step(c.nodes[second])
+    assert c.wait_for(lambda: finished(c) is not None, 1.0)
+    result = finished(c)
+    assert result is not None and result.ok and result.successor == third
+    assert primary(c) == third
+    assert len(c.fence_log) == fences
+    settle_and_check(c)
