@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
         print("  config check FILE [--key KEY]   validate the cluster file (and the key file)")
         print("  agent --config FILE [--key KEY] [--node NAME] [--log-level LEVEL]   run a node")
         print("  lab up|status|pull-power|power-on|freeze|thaw|down   the cluster on this machine")
+        print("  status [--json] [--config FILE --node NAME | --socket PATH]   this node's view")
+        print("  step-down [--config FILE --node NAME | --socket PATH]   hand the primary over")
+        print("  fence NODE [--action off|on|cycle]   power a node with its fence devices")
         return 0
     if args[0] == "config":
         from appliance.node.config_cli import config_main
@@ -26,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.lab.cli import lab_main
 
         return lab_main(args[1:])
+    if args[0] in ("status", "step-down", "fence"):
+        from appliance.node.control import control_main
+
+        return control_main(args[0], args[1:])
     if args[0] == "sim":
         from appliance.sim.runner import main as sim_main
 

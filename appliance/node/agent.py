@@ -11,7 +11,9 @@ A thin asyncio shell around the sans-I/O core, with no protocol logic of its own
   to, in the order that connection sent its commands (pipelining);
 * fencing with the target node's ``command`` fence devices (``ARGV... NODE off``);
 * systemd: ``READY=1`` once primary or backup, ``STATUS=`` on every role or view change, the
-  watchdog while the driver is healthy, ``STOPPING=1`` on SIGTERM.
+  watchdog while the driver is healthy, ``STOPPING=1`` on SIGTERM;
+* the local control channel (:mod:`appliance.node.control`): ``appliance status``,
+  ``step-down`` and ``fence``; on SIGTERM a primary hands over and a backup leaves first.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from appliance.node.config import (
     load_config,
     load_key,
 )
+from appliance.node.control import ControlServer, socket_path
 from appliance.node.info import wants_replication, with_local_replication
 from appliance.node.systemd import SystemdNotifier, WatchdogPinger
 from appliance.node.transport import EngineDriver, MulticastEndpoint, pick_interface
@@ -46,6 +49,7 @@ from appliance.protocols.engine import NodeEngine
 from appliance.protocols.events import (
     Event,
     FenceRequested,
+    HandoverFinished,
     ReplyReceived,
     RoleChanged,
     SnapshotInstalled,
@@ -205,6 +209,8 @@ class Agent:
             *args,
         )
 
+    log_event = _log
+
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
         cfg, me = self.cfg, self.me
@@ -240,8 +246,13 @@ class Agent:
             raise
         self.notifier = SystemdNotifier()
         pinger = WatchdogPinger.from_environment(self.notifier, driver.healthy)
+        self.control = ControlServer(self, socket_path(cfg, me))
+        try:
+            await self.control.start()
+        except OSError as e:
+            log.error("node=%s no control channel: %s", me.name, e)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, stop.set)
+            self.loop.add_signal_handler(sig, self.control.on_signal, stop)
         log.info(
             "node=%s id=%d incarnation=%d (%s) group=%s:%d via %s clients=%s:%d style=%s",
             me.name,
@@ -273,6 +284,7 @@ class Agent:
                 c.writer.close()
             for t in list(self.tasks):
                 t.cancel()
+            await self.control.close()
             endpoint.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -310,6 +322,14 @@ class Agent:
                 "is not held against them",
                 ev.seconds * 1000,
             )
+        elif isinstance(ev, HandoverFinished):
+            self._log(
+                "hand-over to node %s %s: %s",
+                ev.successor,
+                "done" if ev.ok else "FAILED",
+                ev.reason,
+            )
+            self.control.on_event(ev)
 
     def _summary(self) -> str:
         view = self.engine.member.view
@@ -351,19 +371,25 @@ class Agent:
             return False
         return True
 
-    async def _fence(self, node_id: int) -> None:
-        target = self.cfg.node_by_id(node_id)
-        ok = False
-        used: CommandFence | None = None
+    async def power(self, target: NodeConfig, action: str) -> CommandFence | None:
+        """Power ``target`` "off" or "on" with the first of its fence devices that does it."""
         for dev in target.fence:
             if not isinstance(dev, CommandFence):
                 log.warning(
-                    "fence device %r of %s is not supported by the agent", dev.kind, node_id
+                    "fence device %r of %s is not supported by the agent", dev.kind, target.id
                 )
                 continue
-            if await self._command(dev, target.name, "off"):
-                ok, used = True, dev
-                break
+            if await self.power_with(dev, target, action):
+                return dev
+        return None
+
+    async def power_with(self, dev: CommandFence, target: NodeConfig, action: str) -> bool:
+        return await self._command(dev, target.name, action)
+
+    async def _fence(self, node_id: int) -> None:
+        target = self.cfg.node_by_id(node_id)
+        used = await self.power(target, "off")
+        ok = used is not None
         self._log("fence of node %d (%s): %s", node_id, target.name, "done" if ok else "FAILED")
         self.engine.fence_result(node_id, ok, self.loop.time())
         self.driver.poke()

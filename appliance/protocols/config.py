@@ -60,6 +60,9 @@ class ProtocolConfig:
     fence_retry: float = 0.1
     state_chunk: int = 1024
     join_timeout: float = 5.0
+    handover_timeout: float = 1.0
+    """A graceful hand-over (``step_down``) that has not completed after this long gives up:
+    the primary resumes ordering, or, once it voted for its successor, takes over again."""
     annexed: bool = False
     """Every input carries an annex the primary's host attaches after executing it (VDF
     records for semi-active replication, the state update for semi-passive); backups deliver

@@ -124,6 +124,14 @@ class NodeEngine:
         """Primary: attach what backups need to reproduce input ``index`` (see Delivered)."""
         self.member.annex(index, blob)
 
+    def step_down(self, now: float) -> int:
+        """Primary: hand the role over gracefully to the next rank; returns that node's id.
+
+        Raises ``StepDownRefused`` (a ValueError) when this node is not the primary, is alone
+        in its group, or is already handing over. ``HandoverFinished`` reports the outcome.
+        """
+        return self.member.step_down(now).node
+
     def fence_result(self, node: int, ok: bool, now: float) -> None:
         self.member.fence_result(node, ok, now)
 
@@ -185,6 +193,23 @@ class NodeEngine:
             s = self.fd.suspicion(n, now)
             if s is not None:
                 out.append(s)
+        return out
+
+    def peers(self, now: float) -> list[dict[str, object]]:
+        """Every other configured node as this node sees it: when it was last heard (seconds
+        ago), its heartbeat wire, its health and, when suspected, why."""
+        out: list[dict[str, object]] = []
+        for n in sorted(self.fd.watched()):
+            s = self.fd.suspicion(n, now)
+            out.append(
+                {
+                    "node": n,
+                    "last_heard_ago": max(0.0, now - self.fd.last_heard(n)),
+                    "wire": self.fd.wire_state(n).value,
+                    "health": self.fd.health(n, now).value,
+                    "suspicion": s.reason if s is not None else None,
+                }
+            )
         return out
 
     def status(self) -> dict[str, object]:

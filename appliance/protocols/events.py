@@ -92,6 +92,21 @@ class Stalled:
 
 
 @dataclass(frozen=True, slots=True)
+class HandoverFinished:
+    """The graceful hand-over started by ``step_down`` ended.
+
+    ``ok``: ``successor`` is primary and this node follows it as a backup. Otherwise ``reason``
+    says why not; this node is then primary again (nobody took over and it had promised no
+    higher view), or it is taking over again through an ordinary primary change, or it left the
+    group.
+    """
+
+    ok: bool
+    successor: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyReceived:
     """Gateway: a reply from the service group, in order on the connection."""
 
@@ -116,6 +131,7 @@ Event = (
     | SnapshotInstalled
     | StateReset
     | Stalled
+    | HandoverFinished
     | ReplyReceived
     | RequestsStable
 )

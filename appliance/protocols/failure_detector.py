@@ -71,6 +71,9 @@ class Suspicion:
 @dataclass(frozen=True, slots=True)
 class _Watch:
     last_heard: float
+    counted_from: float
+    """Where the peer's silence counts from: ``last_heard``, or later if this node itself stood
+    still since (see :meth:`FailureDetector.forgive`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +141,7 @@ class FailureDetector:
         not hide a peer that is already quiet.
         """
         if node not in self._watches:
-            self._watches[node] = _Watch(last_heard=now)
+            self._watches[node] = _Watch(last_heard=now, counted_from=now)
 
     def unwatch(self, node: int) -> None:
         """Stop monitoring ``node`` (it left the view, or was fenced). Unknown nodes are ignored."""
@@ -158,7 +161,7 @@ class FailureDetector:
         """
         watch = self._watches.get(node)
         if watch is not None and now > watch.last_heard:
-            self._watches[node] = replace(watch, last_heard=now)
+            self._watches[node] = _Watch(now, max(now, watch.counted_from))
 
     def forgive(self, now: float) -> None:
         """This node itself stood still until ``now``: no peer's silence before it is evidence.
@@ -170,8 +173,13 @@ class FailureDetector:
         suspected one timeout later, so detection is delayed by at most the stall itself.
         """
         for node, watch in self._watches.items():
-            if now > watch.last_heard:
-                self._watches[node] = replace(watch, last_heard=now)
+            if now > watch.counted_from:
+                self._watches[node] = replace(watch, counted_from=now)
+
+    def last_heard(self, node: int) -> float:
+        """When the last authenticated datagram from ``node`` arrived (or when it was first
+        watched). Raises KeyError if it is not watched."""
+        return self._watch(node).last_heard
 
     def wire_observed(self, node: int, state: WireState, now: float) -> None:
         """Record the hardware layer's latest verdict on ``node``'s heartbeat wire.
@@ -196,7 +204,7 @@ class FailureDetector:
         """Classify ``node`` at ``now``. Raises KeyError if it is not watched."""
         watch = self._watch(node)
         wire = self.wire_state(node)
-        if now < watch.last_heard + self._timeout_for(wire):
+        if now < watch.counted_from + self._timeout_for(wire):
             return Health.ALIVE
         if wire is WireState.FLAT:
             return Health.CRASHED
@@ -209,7 +217,7 @@ class FailureDetector:
         health = self.health(node, now)
         if health is Health.ALIVE:
             return None
-        silent_for = max(0.0, now - self._watches[node].last_heard)
+        silent_for = max(0.0, now - self._watches[node].counted_from)
         return Suspicion(
             node=node,
             health=health,
@@ -257,13 +265,13 @@ class FailureDetector:
     def _deadline(self, node: int) -> float:
         """When ``node`` enters (or entered) its current suspected state, given current evidence.
 
-        Time-driven, that is ``last_heard + timeout``; but a wire change can also change the
+        Time-driven, that is ``counted_from + timeout``; but a wire change can also change the
         verdict on an already-silent node, and then the change itself is the event to report.
-        Comparisons in :meth:`health` use the same ``last_heard + timeout`` sum, so the deadline
+        Comparisons in :meth:`health` use the same ``counted_from + timeout`` sum, so the deadline
         and the verdict agree exactly despite floating-point rounding.
         """
         wire = self._wires.get(node, _UNKNOWN_WIRE)
-        return max(self._watches[node].last_heard + self._timeout_for(wire.state), wire.since)
+        return max(self._watches[node].counted_from + self._timeout_for(wire.state), wire.since)
 
 
 def _reason(health: Health, silent_for: float) -> str:

@@ -31,6 +31,7 @@ from appliance.protocols.events import (
     Delivered,
     Event,
     FenceRequested,
+    HandoverFinished,
     RoleChanged,
     SnapshotInstalled,
     SnapshotRequested,
@@ -49,6 +50,7 @@ from appliance.protocols.messages import (
     Body,
     Data,
     FirstAck,
+    Handover,
     Heartbeat,
     LogEntry,
     Nack,
@@ -80,6 +82,30 @@ class Phase(enum.Enum):
     RECOVERING = "recovering"
 
 
+class StepDownRefused(ValueError):
+    """``step_down`` cannot start: not primary, no backup to hand over to, or already going."""
+
+
+class HandoverPhase(enum.Enum):
+    DRAINING = "draining"
+    """Ordering stopped; waiting until every backup holds everything delivered and annexed."""
+    OFFERED = "offered"
+    """HANDOVER multicast (repeated) to the successor; waiting for its proposal."""
+    VOTED = "voted"
+    """No longer primary: voted for the successor's view; waiting for its NEW_VIEW."""
+
+
+@dataclass(slots=True)
+class StepDown:
+    """A primary handing its role over to the next rank, with its consent instead of a fence."""
+
+    started: float
+    phase: HandoverPhase = HandoverPhase.DRAINING
+    successor: Member | None = None
+    last_sent: float = -NEVER
+    voted_at: float = 0.0
+
+
 @dataclass(slots=True)
 class Candidacy:
     """A backup taking over: fence, propose, recover state, then announce the new view."""
@@ -93,6 +119,8 @@ class Candidacy:
     last_sent: float = -NEVER
     source: int = 0
     target: int = 0
+    demote: Member | None = None
+    """A graceful hand-over: the old primary, who consented; it is proposed at the last rank."""
 
 
 @dataclass(slots=True)
@@ -155,6 +183,8 @@ class GroupMember:
         self.role = Role.JOINING
         self.view: View | None = None
         self.promised = 0
+        self.voted: tuple[int, Member] | None = None
+        """The proposal (number, proposer) we last voted for: a repeat gets the same answer."""
         self.max_view_seen = 0
         self.delivered = 0
         self.commit = 0
@@ -175,6 +205,9 @@ class GroupMember:
         self.admission: Admission | None = None
         self.confirming: Confirming | None = None
         self.assembly: Assembly | None = None
+        self.stepdown: StepDown | None = None
+        self.offered_to: Member | None = None
+        """Whom we offered the primary role in this view (a late acceptance is still honoured)."""
         self.learning_from: Member | None = None
         self.learning_since = now
         self.learning_snapshot = 0
@@ -182,6 +215,8 @@ class GroupMember:
         self.suspect_since: float | None = None
         self.started = now
         self.primary_hint: tuple[Member, float] | None = None
+        self.announced: tuple[Member, ...] | None = None
+        """Without a view: the members of the last primary announcement heard."""
         self.viewless_heard: dict[int, float] = {}
         self.viewful_heard = -NEVER
         self.last_join_sent = -NEVER
@@ -214,6 +249,41 @@ class GroupMember:
         return self._outbound(dst_group, conn_id).send(
             payload, self.delivered if after is None else after
         )
+
+    def step_down(self, now: float) -> Member:
+        """Start a graceful hand-over to the next rank; returns the intended successor.
+
+        The primary stops ordering (new inputs queue in the receive buffers), waits until every
+        backup holds everything delivered, then offers the role to rank 2 with HANDOVER. Rank 2
+        runs the ordinary primary change without fencing us; we vote for it and end as its
+        last-ranked backup. ``HandoverFinished`` reports the outcome. Raises StepDownRefused.
+        """
+        if not self.is_primary or self.view is None:
+            raise StepDownRefused(f"this node is not the primary (it is {self.role.name.lower()})")
+        if self.stepdown is not None:
+            raise StepDownRefused("a hand-over is already in progress")
+        if not self.view.backups:
+            raise StepDownRefused("no backup to hand over to: the group has one member")
+        self.stepdown = StepDown(now)
+        # A join in progress restarts with the new primary (its learner resets when rank 2
+        # announces itself); a confirmation in progress is waited for.
+        self.admission = None
+        self._tick_stepdown(now)
+        return self.view.members[1]
+
+    @property
+    def departed(self) -> bool:
+        """Out of the group: no view, and a primary has since announced a view without us
+        (after ``leave``, the primary removed us without a fence: we asked to rejoin)."""
+        return (
+            self.view is None
+            and self.announced is not None
+            and all(m.node != self.me.node for m in self.announced)
+        )
+
+    @property
+    def handover_phase(self) -> HandoverPhase | None:
+        return self.stepdown.phase if self.stepdown is not None else None
 
     def provide_snapshot(self, snapshot_id: int, app_state: bytes, now: float) -> None:
         adm = self.admission
@@ -398,6 +468,8 @@ class GroupMember:
         """The primary delivers every in-sequence input: this *is* the total order."""
         if not self.is_primary or (self.admission is not None and self.admission.freeze):
             return
+        if self.stepdown is not None:
+            return  # handing over: inputs stay buffered for the successor to order
         for key in sorted(self.inbound):
             ib = self.inbound.get(key)
             while ib is not None and (nxt := ib.peek_next()) is not None:
@@ -653,6 +725,7 @@ class GroupMember:
             return
         if self.role in (Role.JOINING, Role.LEARNING):
             self.primary_hint = (members[0], now)
+            self.announced = members
             if (
                 self.role is Role.LEARNING
                 and self.learning_from is not None
@@ -687,6 +760,11 @@ class GroupMember:
         self._install_view(view, now)
         self.suspect_since = None
         self._set_role(Role.BACKUP, f"following node {view.primary.node} in {view.describe()}")
+        sd = self.stepdown
+        if sd is not None and sd.phase is HandoverPhase.VOTED:
+            ok = sd.successor is not None and view.primary == sd.successor
+            why = "" if ok else ", not our successor"
+            self._end_stepdown(ok, f"node {view.primary.node} is primary of {view.describe()}{why}")
 
     def _on_propose_primary(
         self, h: Header, body: ProposePrimary, now: float, from_primary: bool
@@ -694,18 +772,41 @@ class GroupMember:
         proposer = h.src_node
         n = h.view
         if self.is_primary and self.view is not None and n > self.view.number:
-            # Someone fenced us (as far as it knows) and takes over: never two primaries.
-            self._reset(f"node {proposer} proposes itself primary of view {n}", now)
-            return
+            sd = self.stepdown
+            offered = sd.phase is HandoverPhase.OFFERED if sd is not None else True
+            if (
+                offered
+                and self.offered_to == Member(proposer, h.incarnation)
+                and self.offered_to in self.view.members
+                and any(m == self.me for m in body.members)
+            ):
+                # The successor we offered the role to takes it (perhaps after our offer timed
+                # out): stop being primary before voting, so its view never overlaps ours. Its
+                # recovery adopts the longest log, so what we ordered meanwhile is not lost.
+                if sd is None:
+                    sd = self.stepdown = StepDown(now, successor=self.offered_to)
+                sd.phase = HandoverPhase.VOTED
+                sd.voted_at = now
+                self._set_role(Role.BACKUP, f"handing over to node {proposer} (view {n})")
+            else:
+                # Someone fenced us (as far as it knows) and takes over: never two primaries.
+                self._reset(f"node {proposer} proposes itself primary of view {n}", now)
+                return
         if not any(m == self.me for m in body.members):
             return
         if self.role in (Role.JOINING, Role.LEARNING):
+            return
+        if self.voted == (n, Member(proposer, h.incarnation)) and n == self.promised:
+            # A repeated proposal (our vote was lost): the same yes, not a refusal that would
+            # make the proposer start over with a higher number, and again, forever.
+            self._emit(PrimaryVote(proposer, True, n, self.delivered))
             return
         if n <= self.promised or (self.view is not None and n <= self.view.number):
             promised = max(self.promised, self.view.number if self.view else 0)
             self._emit(PrimaryVote(proposer, False, promised, self.delivered))
             return
         self.promised = n
+        self.voted = (n, Member(proposer, h.incarnation))
         if self.candidacy is not None:
             self._abort_candidacy(f"node {proposer} proposed view {n}", now)
         self._emit(PrimaryVote(proposer, True, n, self.delivered))
@@ -733,6 +834,17 @@ class GroupMember:
         if self.view is not None and self.view.number == h.view:
             self.known_end = max(self.known_end, body.log_end)
 
+    def _on_handover(self, h: Header, body: Handover, now: float, from_primary: bool) -> None:
+        """Our primary steps down in our favour: take over without fencing it."""
+        if not from_primary or self.role is not Role.BACKUP or body.successor != self.me:
+            return
+        self.known_end = max(self.known_end, body.delivered)
+        if self.delivered < body.delivered:
+            return  # catch up first (NACK ENTRIES); the offer is repeated
+        self.candidacy = Candidacy(set(), now, demote=Member(h.src_node, h.incarnation))
+        self._set_role(Role.CANDIDATE, f"primary {h.src_node} hands over to us")
+        self._propose(now)
+
     def _on_propose_backup(
         self, h: Header, body: ProposeBackup, now: float, from_primary: bool
     ) -> None:
@@ -743,6 +855,8 @@ class GroupMember:
             # A member asking to join has lost its state (restarted or reset): it is gone.
             self.dead.add(h.src_node)
             return
+        if self.stepdown is not None:
+            return  # handing over: the next primary admits it
         adm = self.admission
         if adm is not None:
             restarted = adm.joiner == joiner and adm.installed  # it reset after installing
@@ -869,6 +983,8 @@ class GroupMember:
 
     def _reset(self, reason: str, now: float) -> None:
         """Leave the group: forget the state and start over as a joiner."""
+        if self.stepdown is not None:
+            self._end_stepdown(False, f"left the group: {reason}")
         self.view = None
         self.candidacy = None
         self.admission = None
@@ -891,6 +1007,8 @@ class GroupMember:
         self.ack_sent.clear()
         self.nacks_due.clear()
         self.primary_hint = None
+        self.announced = None
+        self.offered_to = None
         self.started = now
         # Inputs not yet applied by the host belong to the state being dropped.
         stale = (Delivered, Committed, SnapshotInstalled, SnapshotRequested)
@@ -922,7 +1040,9 @@ class GroupMember:
         c.number = max(self.promised, self.max_view_seen, self.view.number if self.view else 0) + 1
         self.promised = c.number
         base = self.view.members if self.view is not None else (self.me,)
-        c.members = (self.me, *(m for m in base if m.node not in c.targets and m != self.me))
+        demote = c.demote if c.demote is not None and c.demote.node not in c.targets else None
+        rest = [m for m in base if m.node not in c.targets and m != self.me and m != demote]
+        c.members = (self.me, *rest, *((demote,) if demote is not None else ()))
         c.votes = {self.me.node: self.delivered}
         c.started = now
         c.last_sent = now
@@ -999,6 +1119,51 @@ class GroupMember:
                     self._request_fence(n, f"backup {n} is {why}", now)
         self._tick_admission(now)
         self._tick_confirming(now)
+        self._tick_stepdown(now)
+
+    def _end_stepdown(self, ok: bool, reason: str) -> None:
+        sd = self.stepdown
+        assert sd is not None
+        self.stepdown = None
+        successor = sd.successor.node if sd.successor is not None else None
+        self.events.append(HandoverFinished(ok, successor, reason))
+
+    def _tick_stepdown(self, now: float) -> None:
+        """The primary's side of a hand-over: drain, then offer the role until it is taken."""
+        sd = self.stepdown
+        if sd is None or not self.is_primary or self.view is None:
+            return
+        if now > sd.started + self.cfg.handover_timeout or not self.view.backups:
+            why = "no backup left" if not self.view.backups else "nobody took over in time"
+            if self.promised > self.view.number:
+                self._reset(f"hand-over failed ({why}) after promising a newer view", now)
+                return
+            self._end_stepdown(False, f"{why}; primary again")
+            return  # ordering resumes on the next flush
+        if sd.phase is HandoverPhase.DRAINING:
+            drained = self.commit == self.delivered and self.annexed_upto == self.delivered
+            if not drained or self.confirming is not None:
+                return
+            sd.phase = HandoverPhase.OFFERED
+        if now >= sd.last_sent + self.cfg.proposal_retry:
+            sd.last_sent = now
+            sd.successor = self.view.members[1]  # a removal meanwhile moves the next rank up
+            self.offered_to = sd.successor
+            self._emit(Handover(sd.successor, self.delivered))
+
+    def _tick_voted(self, now: float) -> None:
+        """We voted for our successor: if it does not finish, take over again (ordinarily)."""
+        sd = self.stepdown
+        assert sd is not None and sd.successor is not None and self.view is not None
+        gone = self._failed(sd.successor.node, now)
+        if not gone and now <= sd.voted_at + self.cfg.handover_timeout:
+            return
+        why = "failed" if gone else "did not announce a view in time"
+        self._end_stepdown(False, f"successor {sd.successor.node} {why}")
+        targets = {m.node for m in self.view.members if m != self.me and self._failed(m.node, now)}
+        self.candidacy = Candidacy(targets, now)
+        self._set_role(Role.CANDIDATE, f"hand-over to node {sd.successor.node} {why}")
+        self._tick_candidate(now)
 
     def _tick_admission(self, now: float) -> None:
         adm = self.admission
@@ -1045,6 +1210,9 @@ class GroupMember:
 
     def _tick_backup(self, now: float) -> None:
         assert self.view is not None
+        if self.stepdown is not None:
+            self._tick_voted(now)
+            return
         rank = self.view.rank(self.me.node)
         if rank is None:
             return
@@ -1157,6 +1325,7 @@ class GroupMember:
     def flush(self, now: float) -> None:
         """Emit what is due: ordering, replies, acks, NACKs, confirmations."""
         if self.is_primary:
+            self._tick_stepdown(now)
             self._order_ready()
             self._primary_commit()
             self._flush_outbound(now)
@@ -1264,6 +1433,7 @@ class GroupMember:
             "delivered": self.delivered,
             "commit": self.commit,
             "log_entries": len(self.log),
+            "handover": self.stepdown.phase.value if self.stepdown is not None else None,
         }
 
 
@@ -1281,4 +1451,5 @@ _HANDLERS: dict[type, _Handler] = {
     RemoveBackup: GroupMember._on_remove_backup,
     AcceptAck: GroupMember._on_accept_ack,
     StateChunk: GroupMember._on_state,
+    Handover: GroupMember._on_handover,
 }

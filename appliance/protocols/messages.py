@@ -283,6 +283,30 @@ class NewView:
 
 
 @dataclass(frozen=True, slots=True)
+class Handover:
+    """A primary stepping down: ``successor`` may take over without fencing it.
+
+    Sent only once every backup holds everything the primary delivered (``delivered``), and
+    repeated every ``proposal_retry`` until the successor proposes itself.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.HANDOVER
+    successor: Member
+    delivered: int
+
+    def encode(self) -> bytes:
+        s = self.successor
+        return Writer().u16(s.node).u32(s.incarnation).u64(self.delivered).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        v = cls(Member(r.u16(), r.u32()), r.u64())
+        r.finish()
+        return v
+
+
+@dataclass(frozen=True, slots=True)
 class ProposeBackup:
     """A node without a view asks the primary to admit it (header names node+incarnation)."""
 
@@ -456,6 +480,7 @@ BODY_TYPES: dict[MessageType, type] = {
         RemoveBackup,
         StateChunk,
         Order,
+        Handover,
     )
 }
 

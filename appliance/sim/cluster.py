@@ -29,6 +29,7 @@ from appliance.protocols.engine import NodeEngine
 from appliance.protocols.events import (
     Delivered,
     FenceRequested,
+    HandoverFinished,
     ReplyReceived,
     RequestsStable,
     RoleChanged,
@@ -127,6 +128,9 @@ class SimStats:
     primary_changes: int = 0
     fences: int = 0
     crashes: int = 0
+    step_downs: int = 0
+    handovers: int = 0
+    """Hand-overs that completed (the successor became primary with the old one's vote)."""
     datagrams: int = 0
 
 
@@ -168,6 +172,8 @@ class SimCluster:
         """False emulates a fence device that reports success but left the node running."""
         self.fence_log: list[tuple[float, int, int]] = []  # (time, fencer, target)
         self.role_log: list[tuple[float, int, Role]] = []
+        self.handover_log: list[tuple[float, int, HandoverFinished]] = []
+        """Outcomes of graceful hand-overs: (time, old primary, result)."""
         for n in self.nodes:
             self.at(self.rng.uniform(0, 0.05), "power_on", n)
 
@@ -269,6 +275,22 @@ class SimCluster:
         sn.paused = False
         sn.inbox.clear()
         sn.timer_gen += 1
+
+    def step_down(self, node: int) -> int | None:
+        """Ask ``node`` to hand its primary role over gracefully; its successor, or None if
+        the engine refused (not primary, alone, already handing over, or paused)."""
+        sn = self.nodes[node]
+        if sn.engine is None or sn.paused:
+            return None
+        try:
+            successor = sn.engine.step_down(self.now)
+        except ValueError as e:
+            self.log(f"node {node} cannot step down: {e}")
+            return None
+        self.stats.step_downs += 1
+        self.log(f"node {node} steps down in favour of node {successor}")
+        self._step(sn)
+        return successor
 
     def power_cycle(self, node: int, why: str) -> None:
         self.power_off(node, why)
@@ -388,6 +410,12 @@ class SimCluster:
                     )
         elif isinstance(ev, ViewInstalled):
             self.log(f"node {sn.node} installed {ev.view.describe()}")
+        elif isinstance(ev, HandoverFinished):
+            outcome = "completed" if ev.ok else "failed"
+            self.log(f"node {sn.node} hand-over to node {ev.successor} {outcome}: {ev.reason}")
+            self.handover_log.append((self.now, sn.node, ev))
+            if ev.ok:
+                self.stats.handovers += 1
         elif isinstance(ev, ReplyReceived):
             sn.replies[ev.seq] = ev.payload
             self._acknowledge(sn)

@@ -35,6 +35,8 @@ class SeedResult:
     primary_changes: int
     fences: int
     faults: list[str]
+    step_downs: int = 0
+    handovers: int = 0
 
     @property
     def replay(self) -> str:
@@ -51,7 +53,17 @@ def _nemesis(c: SimCluster, rng: random.Random, start: float, end: float) -> lis
         if t >= end:
             break
         kind = rng.choice(
-            ["crash", "crash_primary", "pause", "pause_primary", "partition", "loss", "rapid"]
+            [
+                "crash",
+                "crash_primary",
+                "pause",
+                "pause_primary",
+                "partition",
+                "loss",
+                "rapid",
+                "step_down",
+                "step_down_crash",
+            ]
         )
         victim = rng.choice(nodes)
         dur = rng.uniform(0.05, 0.8)
@@ -70,6 +82,13 @@ def _nemesis(c: SimCluster, rng: random.Random, start: float, end: float) -> lis
                 c.at(c.now + dur + 0.3, "power_on", target)
                 if kind == "rapid":
                     c.at(c.now + 0.25, "call", lambda: _crash_next_primary(c, dur))
+            elif kind in ("step_down", "step_down_crash") and prim:
+                # A graceful hand-over; with _crash, the old primary or its successor also loses
+                # power a moment later (mid-hand-over, or just after it).
+                successor = c.step_down(prim[0])
+                if kind == "step_down_crash" and successor is not None:
+                    doomed = rng.choice([prim[0], successor])
+                    c.at(c.now + dur / 100, "call", lambda: _crash(c, doomed, dur))
             elif kind in ("pause", "pause_primary"):
                 c.pause(target)
                 c.at(c.now + dur, "thaw", target)
@@ -86,6 +105,12 @@ def _nemesis(c: SimCluster, rng: random.Random, start: float, end: float) -> lis
 
         c.at(t, "call", act)
     return faults
+
+
+def _crash(c: SimCluster, node: int, dur: float) -> None:
+    if [n for n in c.holders() if n != node]:
+        c.power_off(node, "nemesis pulled the power (during a hand-over)")
+        c.at(c.now + dur + 0.3, "power_on", node)
 
 
 def _crash_next_primary(c: SimCluster, dur: float) -> None:
@@ -143,6 +168,8 @@ def run_seed(
         c.stats.primary_changes,
         c.stats.fences,
         faults,
+        c.stats.step_downs,
+        c.stats.handovers,
     )
 
 

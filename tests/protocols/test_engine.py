@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -150,3 +151,15 @@ def test_calls_at_heartbeat_pace_are_not_a_stall() -> None:
         now = a.get_timer()
         a.handle_timer(now)
     assert a.stalls == 0 and now > 1.0
+
+
+def test_peers_report_last_heard_wire_and_suspicion() -> None:
+    cfg = ProtocolConfig(cluster_id=1, nodes=(1, 2, 3), key=b"k" * 32)
+    eng = NodeEngine(cfg, 1, 1, 10.0)
+    peers = eng.peers(10.05)
+    assert [p["node"] for p in peers] == [2, 3]
+    assert peers[0]["last_heard_ago"] == pytest.approx(0.05)
+    assert peers[0]["wire"] == "unknown" and peers[0]["health"] == "alive"
+    assert peers[0]["suspicion"] is None
+    late = eng.peers(10.5)[0]
+    assert late["health"] == "silent" and "no datagram for 0.500 s" in str(late["suspicion"])

@@ -378,3 +378,14 @@ def test_next_deadline_never_later_than_first_suspicion(
         # ... and once reported, the same deadline is not offered again (no timer spin).
         later = fd.next_deadline()
         assert later is None or later > max(now, deadline)
+
+
+def test_last_heard_is_the_latest_datagram_or_the_watch_start() -> None:
+    fd = FailureDetector(0.15)
+    fd.watch(2, 1.0)
+    assert fd.last_heard(2) == 1.0
+    fd.heard_from(2, 1.5)
+    fd.heard_from(2, 1.2)  # out of order: ignored
+    assert fd.last_heard(2) == 1.5
+    with pytest.raises(KeyError):
+        fd.last_heard(3)

@@ -20,6 +20,7 @@ from appliance.protocols.messages import (
     Data,
     DataEntry,
     FirstAck,
+    Handover,
     Heartbeat,
     LogEntry,
     Nack,
@@ -77,6 +78,7 @@ BODY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     AcceptBackup: st.builds(AcceptBackup, members_st, u16, st.booleans()),
     AcceptAck: st.builds(AcceptAck, st.sampled_from(AckKind), u32, u64),
     RemoveBackup: st.builds(RemoveBackup, members_st, u16),
+    Handover: st.builds(Handover, st.builds(Member, u16, u32), u64),
     StateChunk: state_chunks(),
     Order: st.builds(
         Order,

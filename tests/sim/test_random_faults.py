@@ -27,6 +27,7 @@ def test_random_fault_seeds(request: pytest.FixtureRequest) -> None:
     assert sum(r.acknowledged for r in results) > 100 * n
     assert sum(r.primary_changes for r in results) > n
     assert sum(r.fences for r in results) > n / 2
+    assert sum(r.handovers for r in results) > n / 10  # graceful hand-overs, some completed
 
 
 def test_a_seed_replays_exactly() -> None:

@@ -286,9 +286,12 @@ def test_checker_catches_a_lost_acknowledged_write() -> None:
         c.check_final()
 
 
-def test_every_message_type_is_exercised_by_failover_and_rejoin() -> None:
+def test_every_message_type_is_exercised_by_hand_over_failover_and_rejoin() -> None:
     c = formed_cluster(seed=61)
     c.net.faults.loss = 0.05  # some NACK and repair traffic
+    old = primary(c)
+    assert c.step_down(old) is not None  # a graceful hand-over (HANDOVER)
+    assert c.wait_for(lambda: len(c.primaries()) == 1 and primary(c) != old, 1.0)
     p = primary(c)
     c.power_off(p, "pull")
     assert c.wait_for(lambda: len(c.primaries()) == 1, 1.0)

@@ -46,6 +46,8 @@ class MessageType(enum.IntEnum):
     """State-transfer chunk."""
     ORDER = 14
     """Standalone ordering records when the primary has nothing else to send."""
+    HANDOVER = 16
+    """A primary stepping down offers the primary role to its successor (graceful hand-over)."""
 
 
 class Flags(enum.IntFlag):

@@ -46,6 +46,7 @@ def test_message_type_values_are_stable() -> None:
         "REMOVE_BACKUP": 12,
         "STATE": 13,
         "ORDER": 14,
+        "HANDOVER": 16,
     }
     assert (Flags.RETRANSMISSION, Flags.URGENT, Flags.LOGGED) == (1, 2, 4)
 
