@@ -102,6 +102,8 @@ def test_lab_up_faults_and_down(lab_dir: Path) -> None:
     assert snap["formed"] and snap["primary"] in ("n1", "n2", "n3")
     assert snap["multicast_group"].startswith("239.")
     ports = {n["name"]: n["client_port"] for n in snap["nodes"]}
+    p = lab(lab_dir, "partition", "n1", "n2,n3", check=False)  # a processes lab has no network
+    assert p.returncode == 1 and "--netns" in p.stderr, p.stderr
     pids = [n["pid"] for n in snap["nodes"]]
     try:
         for fault in ("pull-power", "freeze"):
@@ -144,11 +146,10 @@ def test_lab_up_faults_and_down(lab_dir: Path) -> None:
     wait_for("every lab process gone", lambda: not any(alive(p) for p in pids) or None, 10)
 
 
-def test_netns_commands_explain_themselves(lab_dir: Path) -> None:
-    p = lab(lab_dir, "partition", "n1", "n2,n3", check=False)
-    assert p.returncode == 1 and "--netns" in p.stderr
-    p = lab(lab_dir, "status", check=False)
-    assert p.returncode == 1 and "no lab is running" in p.stderr
+def test_commands_without_a_lab_explain_themselves(lab_dir: Path) -> None:
+    for args in (("status",), ("partition", "n1", "n2,n3"), ("pull-power", "n1")):
+        p = lab(lab_dir, *args, check=False)
+        assert p.returncode == 1 and "no lab is running" in p.stderr, p.stderr
 
 
 def test_demo_passes_and_cleans_up(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ from typing import TypeVar
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 T = TypeVar("T")
 
@@ -88,6 +90,7 @@ class Node:
             port=self.port,
             socket_timeout=timeout,
             socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),  # redis-py's own retries would hide (or repeat) failures
         )
 
 
@@ -245,6 +248,21 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     return b"".join(chunks)
 
 
+def formed(cluster: Cluster) -> Node | None:
+    """The primary, once every node is a member of its view (as primary or backup)."""
+    roles = {}
+    primary, members = None, None
+    for n in cluster.nodes.values():
+        fields = n.client(timeout=1).info("replication")
+        roles[n.name] = fields.get("llft_role")
+        if fields.get("llft_role") == "primary":
+            primary, members = n, fields.get("members")
+    if sorted(str(r) for r in roles.values()) != ["backup", "backup", "primary"]:
+        return None
+    # The nodes were asked one after another: the primary's answer may predate the last join.
+    return primary if isinstance(members, list) and len(members) == 3 else None
+
+
 def role_of(node: Node) -> str | None:
     info = node.client(timeout=1).info("replication")
     role = info.get("llft_role")
@@ -301,12 +319,9 @@ def test_three_agents_serve_and_survive_primary_crash(
             nodes[0].client().set("big", b"x" * 5000)
         assert nodes[0].client().ping() is True
 
-        # Kill the primary; a backup fences it (the test device confirms) and takes over.
-        primary = wait_for(
-            "a primary",
-            lambda: next((n for n in nodes if role_of(n) == "primary"), None),
-            10,
-        )
+        # Kill the primary once every node has joined; a backup fences it (the test device
+        # confirms) and takes over.
+        primary = wait_for("all three nodes in one view", lambda: formed(cluster), 30)
         assert primary.proc is not None
         primary.proc.send_signal(signal.SIGKILL)
         primary.proc.wait(5)

@@ -30,7 +30,7 @@ import redis
 from appliance.node.config import default_cluster_id
 from appliance.protocols.wire import Datagram, Header, MessageType
 from appliance.protocols.wire.datagram import encode as encode_datagram
-from tests.node.test_agent import NAMES, Cluster, Node, wait_for, write_config
+from tests.node.test_agent import NAMES, Cluster, Node, formed, wait_for, write_config
 
 
 def info(node: Node) -> dict[str, object]:
@@ -46,20 +46,6 @@ def primary_of(cluster: Cluster) -> Node | None:
         except (redis.RedisError, OSError):
             continue
     return None
-
-
-def formed(cluster: Cluster) -> Node | None:
-    """The primary, once every node is a member of its view (as primary or backup)."""
-    roles = {}
-    for n in cluster.nodes.values():
-        fields = info(n)
-        roles[n.name] = fields.get("llft_role")
-        if fields.get("llft_role") == "primary":
-            primary, members = n, fields.get("members")
-    if sorted(roles.values()) != ["backup", "backup", "primary"]:
-        return None
-    # The nodes were asked one after another: the primary's answer may predate the last join.
-    return primary if isinstance(members, list) and len(members) == 3 else None
 
 
 @pytest.fixture
