@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from appliance.protocols.config import StateTransfer
 from appliance.protocols.messages import Role
 from appliance.protocols.wire.header import MessageType
 from appliance.sim.cluster import InvariantViolation, SimCluster, chain_hash, request_id
@@ -301,5 +302,57 @@ def test_every_message_type_is_exercised_by_failover_and_rejoin() -> None:
     c.fence_cuts_power = True
     settle_and_check(c, 4.0)
     sent = c.messages_sent()
+    # The multicast state transfer (the core's own, for hosts without a point-to-point
+    # channel) sends STATE chunks instead of a STATE_OFFER: one more cluster forms with it.
+    m = SimCluster(61, state_transfer=StateTransfer.MULTICAST)
+    assert m.wait_for(m.formed, 3.0)
+    assert m.stats.fetches == 0
+    sent.update(m.messages_sent())
     missing = {t.name.lower() for t in MessageType} - set(sent)
     assert not missing, f"never sent: {sorted(missing)}"
+
+
+def test_rejoin_fetches_the_snapshot_point_to_point_and_retries_a_broken_fetch() -> None:
+    c = formed_cluster(seed=23)
+    c.run_until(c.now + 0.5)
+    p = primary(c)
+    victim = view_of(c, p)[-1]
+    c.power_off(victim, "pull")
+    assert c.wait_for(lambda: victim not in view_of(c, p), 1.0)
+    fetches, failures = c.stats.fetches, c.stats.fetch_failures
+    c.fetch_rate = 2e4  # a slow link: the fetch is under way for a while
+    c.fetch_faults = 1  # ... and the first one breaks half-way
+    c.at(c.now, "power_on", victim)
+    assert c.wait_for(lambda: c.stats.fetches > fetches, 1.0)
+    acked = c.stats.acknowledged
+    assert c.wait_for(lambda: c.stats.fetch_failures > failures, 1.0)
+    assert c.role(victim) is Role.JOINING
+    assert c.wait_for(c.formed, 3.0), "no retry after the broken fetch"
+    assert c.stats.fetches >= fetches + 2
+    assert c.stats.acknowledged > acked, "clients stalled during the state transfer"
+    assert "state" not in c.messages_sent(), "the snapshot went over multicast"
+    eng = c.nodes[victim].engine
+    assert eng is not None and eng.member.fetch_failures == 1
+    settle_and_check(c)
+
+
+def test_snapshot_source_losing_power_mid_fetch_fails_it_and_the_joiner_joins_the_new_primary() -> (
+    None
+):
+    c = formed_cluster(seed=29)
+    p = primary(c)
+    joiner = view_of(c, p)[-1]
+    c.power_off(joiner, "pull")
+    assert c.wait_for(lambda: joiner not in view_of(c, p), 1.0)
+    c.fetch_rate = 1e4
+    fetches, failures = c.stats.fetches, c.stats.fetch_failures
+    c.at(c.now, "power_on", joiner)
+    assert c.wait_for(lambda: c.stats.fetches > fetches, 1.0)
+    c.power_off(p, "the primary dies while the joiner fetches its snapshot")
+    assert c.wait_for(lambda: c.stats.fetch_failures > failures, 1.0)
+    assert c.role(joiner) is Role.JOINING
+    c.fetch_rate = 2e6
+    assert c.wait_for(lambda: len(c.primaries()) == 1 and primary(c) != joiner, 2.0)
+    assert c.wait_for(c.formed, 4.0)
+    assert joiner in view_of(c, primary(c))
+    settle_and_check(c)
