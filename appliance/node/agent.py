@@ -9,6 +9,8 @@ A thin asyncio shell around the sans-I/O core, with no protocol logic of its own
   engine as one RESP array; the engine releases the replies in request order (only once every
   backup holds the request: output commit), and each is written to the connection it belongs
   to, in the order that connection sent its commands (pipelining);
+* state transfer: a joining backup fetches its snapshot from the primary over TCP
+  (:mod:`appliance.node.state_transfer`, at each node's ``state_port``);
 * fencing with the target node's ``command`` fence devices (``ARGV... NODE off``);
 * systemd: ``READY=1`` once primary or backup, ``STATUS=`` on every role or view change, the
   watchdog while the driver is healthy, ``STOPPING=1`` on SIGTERM.
@@ -38,6 +40,7 @@ from appliance.node.config import (
     load_config,
     load_key,
 )
+from appliance.node.state_transfer import SnapshotChannel
 from appliance.node.systemd import SystemdNotifier, WatchdogPinger
 from appliance.node.transport import EngineDriver, MulticastEndpoint, pick_interface
 from appliance.protocols.engine import NodeEngine
@@ -47,6 +50,9 @@ from appliance.protocols.events import (
     ReplyReceived,
     RoleChanged,
     SnapshotInstalled,
+    SnapshotOffered,
+    SnapshotReady,
+    SnapshotReleased,
     SnapshotRequested,
     StateReset,
     ViewInstalled,
@@ -225,8 +231,10 @@ class Agent:
             stop.set()
 
         driver.on_failure = failed
+        self.snapshots = SnapshotChannel.for_node(cfg, me, engine, self.key, driver.poke)
         try:
             server = await asyncio.start_server(self._serve, me.address, me.client_port)
+            await self.snapshots.start(me.address, me.state_port)
         except OSError:
             endpoint.close()
             raise
@@ -235,7 +243,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, stop.set)
         log.info(
-            "node=%s id=%d incarnation=%d (%s) group=%s:%d via %s clients=%s:%d style=%s",
+            "node=%s id=%d incarnation=%d (%s) group=%s:%d via %s clients=%s:%d state=%d style=%s",
             me.name,
             me.id,
             incarnation,
@@ -245,6 +253,7 @@ class Agent:
             iface_addr,
             me.address,
             me.client_port,
+            me.state_port,
             cfg.replication.value,
         )
         driver.start()
@@ -266,6 +275,7 @@ class Agent:
             for t in list(self.tasks):
                 t.cancel()
             endpoint.close()
+            await self.snapshots.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
             self.notifier.close()
@@ -280,6 +290,8 @@ class Agent:
             self._reply(ev.seq, ev.payload)
         elif isinstance(ev, SnapshotRequested):
             self.engine.provide_snapshot(ev.snapshot_id, self.replicator.snapshot(), now)
+        elif isinstance(ev, (SnapshotReady, SnapshotReleased, SnapshotOffered)):
+            self.snapshots.on_event(ev)  # point-to-point state transfer (TCP)
         elif isinstance(ev, SnapshotInstalled):
             self.replicator.restore(ev.app_state)
             self._log("installed a snapshot at index %d", ev.index)
