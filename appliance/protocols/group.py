@@ -740,6 +740,7 @@ class GroupMember:
             self.known_end = self.delivered
         self._install_view(view, now)
         self.suspect_since = None
+        self._end_admission()  # a former primary admits nobody (and frees a served snapshot)
         self._set_role(Role.BACKUP, f"following node {view.primary.node} in {view.describe()}")
 
     def _on_propose_primary(

@@ -183,10 +183,12 @@ class SimCluster:
         """False emulates a fence device that reports success but left the node running."""
         self.fence_log: list[tuple[float, int, int]] = []  # (time, fencer, target)
         self.fetch_latency = 0.002
-        self.fetch_rate = 2e6
+        self.fetch_rate = 2e5
         """Point-to-point channel: bytes per second (a slow link, so that faults land mid-way)."""
+        self.fetch_reset = 0.1
+        """Chance that a fetch breaks half-way (a reset connection), on top of the faults."""
         self.fetch_faults = 0
-        """The next this many fetches break half-way (a reset connection), whatever the faults."""
+        """The next this many fetches break half-way, whatever the chance (for tests)."""
         self.role_log: list[tuple[float, int, Role]] = []
         for n in self.nodes:
             self.at(self.rng.uniform(0, 0.05), "power_on", n)
@@ -476,8 +478,8 @@ class SimCluster:
         sn.fetch_gen += 1
         self.stats.fetches += 1
         took = self.fetch_latency + ev.size / self.fetch_rate
-        broken = self.fetch_faults > 0
-        if broken:
+        broken = self.fetch_faults > 0 or self.rng.random() < self.fetch_reset
+        if self.fetch_faults > 0:
             self.fetch_faults -= 1
         key = (sn.node, sn.incarnation, sn.fetch_gen, ev, broken)
         self.at(self.now + (took / 2 if broken else took), "fetch_done", key)

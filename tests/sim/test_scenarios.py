@@ -321,6 +321,7 @@ def test_rejoin_fetches_the_snapshot_point_to_point_and_retries_a_broken_fetch()
     assert c.wait_for(lambda: victim not in view_of(c, p), 1.0)
     fetches, failures = c.stats.fetches, c.stats.fetch_failures
     c.fetch_rate = 2e4  # a slow link: the fetch is under way for a while
+    c.fetch_reset = 0.0
     c.fetch_faults = 1  # ... and the first one breaks half-way
     c.at(c.now, "power_on", victim)
     assert c.wait_for(lambda: c.stats.fetches > fetches, 1.0)
@@ -351,7 +352,7 @@ def test_snapshot_source_losing_power_mid_fetch_fails_it_and_the_joiner_joins_th
     c.power_off(p, "the primary dies while the joiner fetches its snapshot")
     assert c.wait_for(lambda: c.stats.fetch_failures > failures, 1.0)
     assert c.role(joiner) is Role.JOINING
-    c.fetch_rate = 2e6
+    c.fetch_rate = 2e5
     assert c.wait_for(lambda: len(c.primaries()) == 1 and primary(c) != joiner, 2.0)
     assert c.wait_for(c.formed, 4.0)
     assert joiner in view_of(c, primary(c))
