@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SEEDS ?= 500
 SOAK_SEEDS ?= 20000
 
-.PHONY: run test lint typecheck unit soak sim clean
+.PHONY: run demo test lint typecheck unit soak sim clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	@echo "make run: the local 3-node lab cluster (for redis-cli) is not available yet."
-	@echo "Meanwhile, the same protocol and KV service on a simulated 3-node LAN, with faults:"
-	$(BIN)/appliance sim --seed 7 --style semi-active --trace
+	$(BIN)/appliance lab up --nodes 3 --foreground
+
+demo: $(BIN)/.installed
+	$(BIN)/appliance lab demo $(if $(NETNS),--netns)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check appliance tests

@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  sim   deterministic simulation of the protocol core under random faults")
         print("  config check FILE [--key KEY]   validate the cluster file (and the key file)")
         print("  agent --config FILE [--key KEY] [--node NAME] [--log-level LEVEL]   run a node")
+        print("  lab up|status|pull-power|power-on|freeze|thaw|down   the cluster on this machine")
         return 0
     if args[0] == "config":
         from appliance.node.config_cli import config_main
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.node.agent import agent_main
 
         return agent_main(args[1:])
+    if args[0] == "lab":
+        from appliance.lab.cli import lab_main
+
+        return lab_main(args[1:])
     if args[0] == "sim":
         from appliance.sim.runner import main as sim_main
 

@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.node.client_session import ClientSession
 from appliance.node.config import (
     ClusterConfig,
     CommandFence,
@@ -40,6 +41,7 @@ from appliance.node.config import (
     load_config,
     load_key,
 )
+from appliance.node.info import wants_replication, with_local_replication
 from appliance.node.state_transfer import SnapshotChannel
 from appliance.node.systemd import SystemdNotifier, WatchdogPinger
 from appliance.node.transport import EngineDriver, MulticastEndpoint, pick_interface
@@ -54,6 +56,7 @@ from appliance.protocols.events import (
     SnapshotReady,
     SnapshotReleased,
     SnapshotRequested,
+    Stalled,
     StateReset,
     ViewInstalled,
 )
@@ -145,6 +148,8 @@ def next_incarnation(state_dir: Path | None, cluster: str, node: str) -> tuple[i
 @dataclass
 class _Slot:
     reply: bytes | None = None
+    local_info: bool = False
+    """An INFO reply whose replication section this node rewrites (see appliance.node.info)."""
 
 
 @dataclass(eq=False)
@@ -152,6 +157,7 @@ class _Client:
     """One client connection: its replies, in the order it sent its commands."""
 
     writer: asyncio.StreamWriter
+    session: ClientSession
     slots: deque[_Slot] = field(default_factory=deque)
     closing: bool = False
     closed: bool = False
@@ -193,6 +199,7 @@ class Agent:
         self.tasks: set[asyncio.Task[None]] = set()
         self.ready = False
         self.exit_code = 0
+        self.client_ids = 0
 
     def _log(self, what: str, *args: object) -> None:
         view = self.engine.member.view
@@ -212,6 +219,7 @@ class Agent:
         pcfg = cfg.protocol_config(self.key)
         self.max_payload = pcfg.max_payload
         self.engine = engine = NodeEngine(pcfg, me.id, incarnation, self.loop.time())
+        self.local_replication = replication_info(engine)
         self.replicator = Replicator(
             engine,
             lambda det: KVApplication(det, replication_info(engine)),
@@ -308,6 +316,12 @@ class Agent:
             self._changed()
         elif isinstance(ev, StateReset):
             self._log("state reset: %s", ev.reason)
+        elif isinstance(ev, Stalled):
+            self._log(
+                "this node stood still for %.0f ms (frozen or starved); peers' silence meanwhile "
+                "is not held against them",
+                ev.seconds * 1000,
+            )
 
     def _summary(self) -> str:
         view = self.engine.member.view
@@ -372,12 +386,26 @@ class Agent:
 
     # -- the client gateway ------------------------------------------------------------------
 
+    def node_info(self) -> dict[str, str]:
+        """This node's INFO replication fields, with its datagram counters."""
+        fields = self.local_replication()
+        status = self.engine.status()
+        fields["datagrams_accepted"] = str(status["accepted"])
+        rejected = status["rejected"]
+        assert isinstance(rejected, dict)
+        fields["datagrams_rejected"] = str(sum(rejected.values()))
+        for reason, count in sorted(rejected.items()):
+            fields[f"datagrams_rejected_{reason}"] = str(count)
+        return fields
+
     def _reply(self, seq: int, payload: bytes) -> None:
         entry = self.pending.pop(seq, None)
         if entry is None:
             return  # its connection closed meanwhile
         client, slot = entry
-        slot.reply = payload
+        if slot.local_info:
+            payload = with_local_replication(payload, self.node_info())
+        slot.reply = client.session.shape(payload)
         client.flush()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -387,7 +415,8 @@ class Agent:
                 await writer.drain()
             writer.close()
             return
-        client = _Client(writer)
+        self.client_ids += 1
+        client = _Client(writer, ClientSession(self.client_ids, self.cfg.clients.requirepass))
         self.clients.add(client)
         parser = RequestParser(max_request=self.cfg.clients.max_request_bytes)
         too_large = f"-ERR request too large (max {self.max_payload} bytes)\r\n".encode()
@@ -404,13 +433,19 @@ class Agent:
                             client.local(b"+OK\r\n")
                             client.closing = True
                             break
+                        answer = client.session.answer(argv)
+                        if answer is not None:
+                            client.local(answer)
+                            continue
                         payload = encode(list[RespValue](argv))
                         if len(payload) > self.max_payload:
                             client.local(too_large)
                             continue
                         seq = self.engine.submit(payload)
                         submitted = True
-                        self.pending[seq] = (client, client.expect())
+                        slot = client.expect()
+                        slot.local_info = argv[0].upper() == b"INFO" and wants_replication(argv)
+                        self.pending[seq] = (client, slot)
                 except ProtocolError as err:
                     client.local(protocol_error_reply(err))
                     client.closing = True

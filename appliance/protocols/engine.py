@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 
 from appliance.protocols.config import ProtocolConfig, gateway_group
-from appliance.protocols.events import Event
+from appliance.protocols.events import Event, Stalled
 from appliance.protocols.failure_detector import FailureDetector, Suspicion, WireState
 from appliance.protocols.gateway import Gateway
 from appliance.protocols.group import GroupMember
@@ -21,6 +21,9 @@ from appliance.protocols.messages import Role, decode_body
 from appliance.protocols.outbox import Outbox
 from appliance.protocols.wire.errors import WireError
 from appliance.protocols.wire.inbound import DatagramFilter
+
+STALL_HEARTBEATS = 3
+"""Heartbeat intervals without a single call into the engine that count as a local stall."""
 
 
 class NodeEngine:
@@ -47,10 +50,32 @@ class NodeEngine:
         self.next_tick = now
         self.tick_interval = cfg.heartbeat_interval / 2
         self.body_rejects = 0
+        self.last_step = now
+        self.stall_threshold = STALL_HEARTBEATS * cfg.heartbeat_interval
+        """A gap this long between two calls means this node stood still (see _check_stall)."""
+        self.stalls = 0
 
     # -- input ---------------------------------------------------------------------------
 
+    def _check_stall(self, now: float) -> None:
+        """Detect that this node itself stood still, and forgive its peers that silence.
+
+        The host calls in at least every heartbeat interval (the heartbeat timer), so a much
+        longer gap means the process was frozen, starved or suspended: whatever the peers did
+        meanwhile went unheard, and acting on that silence (fencing the nodes that replaced a
+        frozen primary) would be acting on our own fault.
+        """
+        gap = now - self.last_step
+        if now > self.last_step:
+            self.last_step = now
+        if gap > self.stall_threshold:
+            self.stalls += 1
+            self.fd.forgive(now)
+            self.member.forgive(now)
+            self.events.append(Stalled(gap))
+
     def receive_datagram(self, data: bytes, now: float) -> None:
+        self._check_stall(now)
         d = self.filter.accept(data)
         if d is None:
             return
@@ -64,6 +89,7 @@ class NodeEngine:
         self.gateway.on_datagram(d, body, now)
 
     def handle_timer(self, now: float) -> None:
+        self._check_stall(now)
         if now >= self.next_heartbeat:
             self.member.heartbeat(now)
             self.next_heartbeat = now + self.cfg.heartbeat_interval
@@ -183,5 +209,6 @@ class NodeEngine:
             accepted=self.filter.accepted,
             requests_in_flight=self.gateway.in_flight,
             requests_backlog=self.gateway.backlog,
+            stalls=self.stalls,
         )
         return s

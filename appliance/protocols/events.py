@@ -119,6 +119,17 @@ class StateReset:
 
 
 @dataclass(frozen=True, slots=True)
+class Stalled:
+    """This node itself stood still for ``seconds`` (frozen, starved, suspended).
+
+    The engine forgave every peer the silence it could not have heard meanwhile; the host
+    logs it, since a node that stalls is a timing fault its peers may already have acted on.
+    """
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyReceived:
     """Gateway: a reply from the service group, in order on the connection."""
 
@@ -145,6 +156,7 @@ Event = (
     | SnapshotOffered
     | SnapshotInstalled
     | StateReset
+    | Stalled
     | ReplyReceived
     | RequestsStable
 )

@@ -160,6 +160,19 @@ class FailureDetector:
         if watch is not None and now > watch.last_heard:
             self._watches[node] = replace(watch, last_heard=now)
 
+    def forgive(self, now: float) -> None:
+        """This node itself stood still until ``now``: no peer's silence before it is evidence.
+
+        A frozen (SIGSTOP), starved or suspended process hears nothing while it stands still,
+        so on waking every peer looks silent, and a deposed primary waking up would fence the
+        healthy nodes that replaced it. Silence only counts while we were running to hear it:
+        every watched peer's silence restarts at ``now``. A peer that really died meanwhile is
+        suspected one timeout later, so detection is delayed by at most the stall itself.
+        """
+        for node, watch in self._watches.items():
+            if now > watch.last_heard:
+                self._watches[node] = replace(watch, last_heard=now)
+
     def wire_observed(self, node: int, state: WireState, now: float) -> None:
         """Record the hardware layer's latest verdict on ``node``'s heartbeat wire.
 

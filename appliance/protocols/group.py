@@ -284,6 +284,12 @@ class GroupMember:
             self.fetch_failures += 1
             self.last_fetch_failure = reason
 
+    def forgive(self, now: float) -> None:
+        """This node stood still until ``now``: restart the backups' progress clocks too, so a
+        stall longer than ``lag_timeout`` does not make every backup look like a laggard."""
+        for node, (acked, since) in self.progress.items():
+            self.progress[node] = (acked, max(since, now))
+
     def leave(self, reason: str, now: float) -> None:
         """The host cannot go on with this state (e.g. a replay diverged): drop it and rejoin."""
         self._reset(reason, now)

@@ -73,6 +73,7 @@ __all__ = [
     "decode_reply",
     "encode",
     "protocol_error_reply",
+    "to_resp3",
 ]
 
 
@@ -170,8 +171,12 @@ def _line_text(text: str) -> bytes:
         raise ValueError(f"line text {text!r} is not encodable: {e.reason}") from None
 
 
-def encode(value: RespValue) -> bytes:
+def encode(value: RespValue, *, resp3: bool = False) -> bytes:
     """Serialize one RESP2 value (arrays nested to any depth; no recursion limit).
+
+    ``resp3``: for a connection that chose RESP3 with ``HELLO 3``, both nulls are RESP3's
+    ``_`` (RESP3 parsers do not accept ``$-1`` or ``*-1``); every other RESP2 type is valid
+    RESP3 unchanged.
 
     Raises ``TypeError`` for a ``bool`` (``True`` is not ``:1``: say which you mean) and for a
     plain ``str`` (ambiguous: use :class:`SimpleString` for a status reply or ``bytes`` for a
@@ -200,9 +205,9 @@ def encode(value: RespValue) -> bytes:
             data = bytes(item)
             out += (b"$%d\r\n" % len(data), data, _CRLF)
         elif item is None:
-            out.append(b"$-1\r\n")
+            out.append(b"_\r\n" if resp3 else b"$-1\r\n")
         elif item is NULL_ARRAY:
-            out.append(b"*-1\r\n")
+            out.append(b"_\r\n" if resp3 else b"*-1\r\n")
         elif isinstance(item, list | tuple):
             out.append(b"*%d\r\n" % len(item))
             stack.extend(reversed(item))
@@ -214,6 +219,16 @@ def encode(value: RespValue) -> bytes:
         else:
             raise TypeError(f"cannot encode {type(item).__name__} as RESP2")
     return b"".join(out)
+
+
+def to_resp3(reply: bytes) -> bytes:
+    """One complete RESP2 reply as a RESP3 client expects it (the nulls become ``_``).
+
+    Replies without a null pass through untouched; the rest are re-encoded.
+    """
+    if b"-1\r\n" not in reply:
+        return reply
+    return encode(decode_reply(reply), resp3=True)
 
 
 def protocol_error_reply(err: ProtocolError) -> bytes:

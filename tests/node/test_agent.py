@@ -88,7 +88,6 @@ class Node:
             port=self.port,
             socket_timeout=timeout,
             socket_connect_timeout=1,
-            protocol=2,  # redis-py 8 defaults to RESP3 (HELLO 3), which the service lacks
         )
 
 
@@ -145,13 +144,16 @@ class Cluster:
         )
 
 
-def write_config(tmp_path: Path) -> tuple[Path, dict[str, Node]]:
+def write_config(
+    tmp_path: Path, names: tuple[str, ...] = NAMES, clients: tuple[str, ...] = ()
+) -> tuple[Path, dict[str, Node]]:
+    """A cluster file for ``names`` on loopback; ``clients``: extra ``[clients]`` lines."""
     key = tmp_path / "cluster.key"
     key.write_text(os.urandom(32).hex() + "\n")
     key.chmod(0o600)
     fence = tmp_path / "fence.py"
     fence.write_text(FENCE_SCRIPT.format(dir=str(tmp_path)))
-    nodes = {name: Node(name, free_port()) for name in NAMES}
+    nodes = {name: Node(name, free_port()) for name in names}
     lines = [
         "[cluster]",
         f'name = "agent-test-{random.randrange(1 << 30)}"',
@@ -167,6 +169,7 @@ def write_config(tmp_path: Path) -> tuple[Path, dict[str, Node]]:
         "rank_delay_ms = 50",
         "[clients]",
         "max_clients = 16",
+        *clients,
     ]
     for i, node in enumerate(nodes.values(), 1):
         lines += [

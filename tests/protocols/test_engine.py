@@ -12,9 +12,11 @@ from appliance.protocols.engine import NodeEngine
 from appliance.protocols.events import (
     Delivered,
     Event,
+    FenceRequested,
     ReplyReceived,
     RoleChanged,
     SnapshotRequested,
+    Stalled,
 )
 from appliance.protocols.messages import Role
 
@@ -113,3 +115,38 @@ def test_timer_is_a_deadline_not_a_busy_loop() -> None:
     a.handle_timer(0.0)
     t = a.get_timer()
     assert 0.0 < t <= a.cfg.heartbeat_interval
+
+
+def test_a_thawed_primary_fences_nobody_for_the_silence_it_slept_through() -> None:
+    engines = [NodeEngine(config((1, 2, 3)), n, 1, 0.0) for n in (1, 2, 3)]
+    pump(engines, 0.0, 2.0)
+    a = engines[0]
+    assert a.role is Role.PRIMARY and a.member.view is not None and len(a.member.view.nodes) == 3
+    # a stands still for three silence timeouts; the others do not matter here (they would
+    # replace it; what counts is what a does the moment it wakes up).
+    woke = 2.0 + 3 * a.cfg.silence_timeout
+    a.handle_timer(woke)
+    events = []
+    while (ev := a.next_event()) is not None:
+        events.append(ev)
+    assert [type(ev) for ev in events if isinstance(ev, Stalled | FenceRequested)] == [Stalled]
+    stall = next(ev for ev in events if isinstance(ev, Stalled))
+    assert stall.seconds > 3 * a.cfg.silence_timeout - 0.01
+    assert a.suspicions(woke) == []
+    assert a.status()["stalls"] == 1
+    # Silence it does hear, once awake, still counts: the peers stay quiet, a suspects them.
+    later = woke + a.cfg.silence_timeout + 0.001
+    for t in (woke + 0.01 * i for i in range(1, 100)):
+        if t > later:
+            break
+        a.handle_timer(t)
+    assert {s.node for s in a.suspicions(later)} == {2, 3}
+
+
+def test_calls_at_heartbeat_pace_are_not_a_stall() -> None:
+    a = NodeEngine(config((1,)), 1, 1, 0.0)
+    now = 0.0
+    for _ in range(200):
+        now = a.get_timer()
+        a.handle_timer(now)
+    assert a.stalls == 0 and now > 1.0

@@ -1,0 +1,172 @@
+"""The lab driven through its CLI, as a user drives it: up, status, faults, down.
+
+A client writes through every node while the primary's power is pulled and, later, while the
+new primary is frozen; each fault must end with exactly one primary serving, the faulty node
+back as a backup (the fence's power-cycle powers it on again), and every acknowledged write
+present on every node. ``down`` must leave no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.node.test_agent import wait_for
+
+
+def lab(lab_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "appliance", "lab", *args, "--dir", str(lab_dir)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
+    return p
+
+
+def status(lab_dir: Path) -> dict[str, Any]:
+    snap: dict[str, Any] = json.loads(lab(lab_dir, "status", "--json").stdout)
+    return snap
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "lab"
+    try:
+        yield d
+    finally:
+        lab(d, "down", check=False)
+
+
+class Client(threading.Thread):
+    """SET then INCR, round-robin over every node, until stopped; remembers what was acked."""
+
+    def __init__(self, ports: list[int], counter: str) -> None:
+        super().__init__(daemon=True)
+        self.ports = ports
+        self.counter = counter
+        self.acked: dict[str, str] = {}
+        self.incrs = 0
+        self.problems: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        clients = [
+            redis.Redis(port=p, socket_timeout=5, socket_connect_timeout=1) for p in self.ports
+        ]
+        while not self.stop.is_set():
+            r = clients[i % len(clients)]
+            i += 1
+            try:
+                if r.set(f"k{i}", f"v{i}"):
+                    self.acked[f"k{i}"] = f"v{i}"
+                got = r.incr(self.counter)
+                self.incrs += 1
+                if got != self.incrs:
+                    self.problems.append(f"INCR #{self.incrs} returned {got}")
+            except (redis.RedisError, OSError) as e:
+                # Only surviving nodes are asked: an error is a failover the client noticed.
+                self.problems.append(f"command {i} failed: {e!r}")
+                return
+
+
+def one_primary_formed(lab_dir: Path, not_node: str) -> dict[str, Any] | None:
+    snap = status(lab_dir)
+    roles = sorted(n["role"] for n in snap["nodes"])
+    if snap["formed"] and roles == ["backup", "backup", "primary"] and snap["primary"] != not_node:
+        return snap  # the faulty node is back too (the fence's power-cycle powered it on)
+    return None
+
+
+def test_lab_up_faults_and_down(lab_dir: Path) -> None:
+    out = lab(lab_dir, "up", "--nodes", "3").stdout
+    assert "redis-cli -p" in out
+    snap = status(lab_dir)
+    assert [n["name"] for n in snap["nodes"]] == ["n1", "n2", "n3"]
+    assert snap["formed"] and snap["primary"] in ("n1", "n2", "n3")
+    assert snap["multicast_group"].startswith("239.")
+    ports = {n["name"]: n["client_port"] for n in snap["nodes"]}
+    pids = [n["pid"] for n in snap["nodes"]]
+    try:
+        for fault in ("pull-power", "freeze"):
+            primary = snap["primary"]
+            others = [p for name, p in ports.items() if name != primary]
+            client = Client(
+                others, f"counter-{fault}"
+            )  # clients of the surviving nodes must never notice
+            client.start()
+            wait_for("writes", lambda c=client: c.incrs > 20 or None, 20)
+            lab(lab_dir, fault, primary)
+            snap = wait_for(
+                f"a new primary after {fault} {primary}",
+                lambda p=primary: one_primary_formed(lab_dir, p),
+                30,
+            )
+            before = client.incrs
+            wait_for("writes after", lambda c=client, b=before: c.incrs > b + 20 or None, 20)
+            client.stop.set()
+            client.join(10)
+            assert client.problems == []
+            # The fenced node was power-cycled and is back as a backup of the new view.
+            roles = {n["name"]: n["role"] for n in snap["nodes"]}
+            assert roles[primary] == "backup", snap
+            pids += [n["pid"] for n in snap["nodes"]]
+            for port in ports.values():
+                r = redis.Redis(port=port, socket_timeout=5)
+                keys = list(client.acked)
+                for i in range(0, len(keys), 50):  # a request must fit one datagram
+                    batch = keys[i : i + 50]
+                    assert r.mget(batch) == [client.acked[k].encode() for k in batch]
+                assert int(r.get(client.counter) or 0) >= client.incrs
+    except BaseException:
+        for log in sorted(lab_dir.glob("*.log")):
+            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}", file=sys.stderr)
+        raise
+    finally:
+        lab(lab_dir, "down")
+    assert "no lab is running" in lab(lab_dir, "status", check=False).stderr
+    wait_for("every lab process gone", lambda: not any(alive(p) for p in pids) or None, 10)
+
+
+def test_netns_commands_explain_themselves(lab_dir: Path) -> None:
+    p = lab(lab_dir, "partition", "n1", "n2,n3", check=False)
+    assert p.returncode == 1 and "--netns" in p.stderr
+    p = lab(lab_dir, "status", check=False)
+    assert p.returncode == 1 and "no lab is running" in p.stderr
+
+
+def test_demo_passes_and_cleans_up(tmp_path: Path) -> None:
+    d = tmp_path / "demo"
+    p = subprocess.run(
+        [sys.executable, "-m", "appliance", "lab", "demo", "--dir", str(d)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    for line in (
+        "power of n1 pulled",
+        "suspected by",
+        "fenced (outlet confirmed off)",
+        "new primary",
+        "rejoined as a backup",
+        "PASS:",
+    ):
+        assert line in p.stdout, p.stdout
+    assert not (d / "lab.json").exists()
