@@ -806,7 +806,9 @@ class GroupMember:
             return
         adm = self.admission
         if adm is not None:
-            restarted = adm.joiner == joiner and adm.installed  # it reset after installing
+            restarted = (adm.joiner == joiner and adm.installed) or (  # it reset after installing
+                adm.joiner.node == joiner.node and adm.joiner.incarnation < joiner.incarnation
+            )  # or restarted: its predecessor will never take the snapshot
             if not restarted and now < adm.started + self.cfg.join_timeout:
                 return
         self._end_admission()
@@ -867,7 +869,8 @@ class GroupMember:
             self._install_snapshot(a.source, a.snapshot_id, blob, now)
 
     def _on_state_offer(self, h: Header, body: StateOffer, now: float, from_primary: bool) -> None:
-        if body.target != self.me.node or self.role is not Role.JOINING:
+        me = Member(body.target, body.target_incarnation)
+        if me != self.me or self.role is not Role.JOINING:
             return
         src = Member(h.src_node, h.incarnation)
         f = self.fetch
@@ -938,7 +941,8 @@ class GroupMember:
         assert adm.blob is not None
         adm.last_sent = now
         size = len(adm.blob)
-        self._emit(StateOffer(adm.joiner.node, adm.snapshot_id, adm.index, size, adm.digest))
+        j = adm.joiner
+        self._emit(StateOffer(j.node, j.incarnation, adm.snapshot_id, adm.index, size, adm.digest))
 
     def _end_admission(self) -> None:
         """Forget the admission in progress; the host may free a snapshot it was serving."""

@@ -79,7 +79,7 @@ BODY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     AcceptAck: st.builds(AcceptAck, st.sampled_from(AckKind), u32, u64),
     RemoveBackup: st.builds(RemoveBackup, members_st, u16),
     StateChunk: state_chunks(),
-    StateOffer: st.builds(StateOffer, u16, u32, u64, u64, st.binary(min_size=32, max_size=32)),
+    StateOffer: st.builds(StateOffer, u16, u32, u32, u64, u64, st.binary(min_size=32, max_size=32)),
     Order: st.builds(
         Order,
         u64,
@@ -387,7 +387,7 @@ def test_trailing_byte_is_malformed(body: Any) -> None:
 
 
 def test_state_offer_carries_a_sha256_digest() -> None:
-    offer = StateOffer(3, 7, 100, 1 << 40, bytes(range(32)))
+    offer = StateOffer(3, 2, 7, 100, 1 << 40, bytes(range(32)))
     assert decode_body(MessageType.STATE_OFFER, offer.encode()) == offer
-    short = StateOffer(3, 7, 100, 5, b"x" * 31).encode()  # the encoder does not check
+    short = StateOffer(3, 2, 7, 100, 5, b"x" * 31).encode()  # the encoder does not check
     assert reject_reason(MessageType.STATE_OFFER, short) is RejectReason.MALFORMED

@@ -357,3 +357,22 @@ def test_snapshot_source_losing_power_mid_fetch_fails_it_and_the_joiner_joins_th
     assert c.wait_for(c.formed, 4.0)
     assert joiner in view_of(c, primary(c))
     settle_and_check(c)
+
+
+def test_a_joiner_restarting_mid_fetch_is_admitted_again_at_once() -> None:
+    c = formed_cluster(seed=31)
+    p = primary(c)
+    joiner = view_of(c, p)[-1]
+    c.power_off(joiner, "pull")
+    assert c.wait_for(lambda: joiner not in view_of(c, p), 1.0)
+    c.fetch_rate, c.fetch_reset = 1e4, 0.0
+    fetches = c.stats.fetches
+    c.at(c.now, "power_on", joiner)
+    assert c.wait_for(lambda: c.stats.fetches > fetches, 1.0)
+    c.power_off(joiner, "pulled again while it fetches")
+    c.at(c.now + 0.01, "power_on", joiner)
+    c.fetch_rate = 2e5
+    # Not join_timeout (5 s) later: the new incarnation's proposal replaces the admission, and
+    # the offer made for its predecessor is not fetched.
+    assert c.wait_for(c.formed, 1.5), "the restarted joiner waited for the old admission"
+    settle_and_check(c)
