@@ -1386,6 +1386,7 @@ class GroupMember:
             "log_entries": len(self.log),
             "state_fetches": self.fetches,
             "state_fetch_failures": self.fetch_failures,
+            "state_fetch_last_failure": self.last_fetch_failure,
         }
 
 

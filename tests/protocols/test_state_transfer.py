@@ -124,6 +124,7 @@ def test_a_failed_fetch_is_retried_on_a_later_offer_not_at_once() -> None:
     h = Hosts(fetch)
     h.run(3.0, lambda: h.b.role is Role.BACKUP)
     assert h.b.role is Role.BACKUP and len(offers) == 3
+    assert h.b.status()["state_fetch_last_failure"] == "connection refused"
     retry = h.a.cfg.join_retry
     assert all(b - a >= retry - 1e-9 for a, b in itertools.pairwise(offers))
 
