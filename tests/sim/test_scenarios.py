@@ -312,13 +312,20 @@ def test_every_message_type_is_exercised_by_failover_and_rejoin() -> None:
     assert not missing, f"never sent: {sorted(missing)}"
 
 
-def test_rejoin_fetches_the_snapshot_point_to_point_and_retries_a_broken_fetch() -> None:
-    c = formed_cluster(seed=23)
-    c.run_until(c.now + 0.5)
+def with_backup_removed(seed: int, run_first: float = 0.0) -> tuple[SimCluster, int, int]:
+    """A formed cluster whose last-ranked backup lost its power and left the view (it is off):
+    the cluster, its primary and that node, ready to rejoin by state transfer."""
+    c = formed_cluster(seed=seed)
+    c.run_until(c.now + run_first)
     p = primary(c)
     victim = view_of(c, p)[-1]
     c.power_off(victim, "pull")
     assert c.wait_for(lambda: victim not in view_of(c, p), 1.0)
+    return c, p, victim
+
+
+def test_rejoin_fetches_the_snapshot_point_to_point_and_retries_a_broken_fetch() -> None:
+    c, _, victim = with_backup_removed(23, run_first=0.5)
     fetches, failures = c.stats.fetches, c.stats.fetch_failures
     c.fetch_rate = 2e4  # a slow link: the fetch is under way for a while
     c.fetch_reset = 0.0
@@ -340,11 +347,7 @@ def test_rejoin_fetches_the_snapshot_point_to_point_and_retries_a_broken_fetch()
 def test_snapshot_source_losing_power_mid_fetch_fails_it_and_the_joiner_joins_the_new_primary() -> (
     None
 ):
-    c = formed_cluster(seed=29)
-    p = primary(c)
-    joiner = view_of(c, p)[-1]
-    c.power_off(joiner, "pull")
-    assert c.wait_for(lambda: joiner not in view_of(c, p), 1.0)
+    c, p, joiner = with_backup_removed(29)
     c.fetch_rate = 1e4
     fetches, failures = c.stats.fetches, c.stats.fetch_failures
     c.at(c.now, "power_on", joiner)
@@ -360,11 +363,7 @@ def test_snapshot_source_losing_power_mid_fetch_fails_it_and_the_joiner_joins_th
 
 
 def test_a_joiner_restarting_mid_fetch_is_admitted_again_at_once() -> None:
-    c = formed_cluster(seed=31)
-    p = primary(c)
-    joiner = view_of(c, p)[-1]
-    c.power_off(joiner, "pull")
-    assert c.wait_for(lambda: joiner not in view_of(c, p), 1.0)
+    c, _, joiner = with_backup_removed(31)
     c.fetch_rate, c.fetch_reset = 1e4, 0.0
     fetches = c.stats.fetches
     c.at(c.now, "power_on", joiner)
