@@ -9,6 +9,8 @@ A thin asyncio shell around the sans-I/O core, with no protocol logic of its own
   engine as one RESP array; the engine releases the replies in request order (only once every
   backup holds the request: output commit), and each is written to the connection it belongs
   to, in the order that connection sent its commands (pipelining);
+* state transfer: a joining backup fetches its snapshot from the primary over TCP
+  (:mod:`appliance.node.state_transfer`, at each node's ``state_port``);
 * fencing with the target node's ``command`` fence devices (``ARGV... NODE off``);
 * systemd: ``READY=1`` once primary or backup, ``STATUS=`` on every role or view change, the
   watchdog while the driver is healthy, ``STOPPING=1`` on SIGTERM;
@@ -43,6 +45,7 @@ from appliance.node.config import (
 )
 from appliance.node.control import ControlServer, socket_path
 from appliance.node.info import wants_replication, with_local_replication
+from appliance.node.state_transfer import SnapshotChannel
 from appliance.node.systemd import SystemdNotifier, WatchdogPinger
 from appliance.node.transport import EngineDriver, MulticastEndpoint, pick_interface
 from appliance.protocols.engine import NodeEngine
@@ -53,6 +56,9 @@ from appliance.protocols.events import (
     ReplyReceived,
     RoleChanged,
     SnapshotInstalled,
+    SnapshotOffered,
+    SnapshotReady,
+    SnapshotReleased,
     SnapshotRequested,
     Stalled,
     StateReset,
@@ -239,8 +245,10 @@ class Agent:
             stop.set()
 
         driver.on_failure = failed
+        self.snapshots = SnapshotChannel.for_node(cfg, me, engine, self.key, driver.poke)
         try:
             server = await asyncio.start_server(self._serve, me.address, me.client_port)
+            await self.snapshots.start(me.address, me.state_port)
         except OSError:
             endpoint.close()
             raise
@@ -254,7 +262,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.control.on_signal, stop)
         log.info(
-            "node=%s id=%d incarnation=%d (%s) group=%s:%d via %s clients=%s:%d style=%s",
+            "node=%s id=%d incarnation=%d (%s) group=%s:%d via %s clients=%s:%d state=%d style=%s",
             me.name,
             me.id,
             incarnation,
@@ -264,6 +272,7 @@ class Agent:
             iface_addr,
             me.address,
             me.client_port,
+            me.state_port,
             cfg.replication.value,
         )
         driver.start()
@@ -286,6 +295,7 @@ class Agent:
                 t.cancel()
             await self.control.close()
             endpoint.close()
+            await self.snapshots.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
             self.notifier.close()
@@ -300,6 +310,8 @@ class Agent:
             self._reply(ev.seq, ev.payload)
         elif isinstance(ev, SnapshotRequested):
             self.engine.provide_snapshot(ev.snapshot_id, self.replicator.snapshot(), now)
+        elif isinstance(ev, (SnapshotReady, SnapshotReleased, SnapshotOffered)):
+            self.snapshots.on_event(ev)  # point-to-point state transfer (TCP)
         elif isinstance(ev, SnapshotInstalled):
             self.replicator.restore(ev.app_state)
             self._log("installed a snapshot at index %d", ev.index)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final, TypeVar
 
-from appliance.protocols.config import GATEWAY_GROUP_BASE, ProtocolConfig
+from appliance.protocols.config import GATEWAY_GROUP_BASE, ProtocolConfig, StateTransfer
 from appliance.protocols.replication import Style
 
 T = TypeVar("T")
@@ -132,6 +132,8 @@ class NodeConfig:
     id: int
     address: str
     client_port: int = 6379
+    state_port: int = 16379
+    """TCP port on ``address`` where this node serves snapshots to joining backups."""
     control_socket: Path | None = None
     """``None``: the agent's default under its runtime directory."""
     heartbeat_out_pin: int | None = None
@@ -217,6 +219,7 @@ class ClusterConfig:
             nodes=tuple(n.id for n in self.nodes),
             key=key,
             annexed=True,  # both replication styles attach an annex to every input
+            state_transfer=StateTransfer.STREAM,  # snapshots go by TCP (node/state_transfer.py)
             **timing,
             **dataclasses.asdict(self.protocol),
         )
@@ -242,6 +245,13 @@ class ClusterConfig:
             if n.id == node_id:
                 return n
         raise KeyError(node_id)
+
+
+def default_state_port(client_port: int) -> int:
+    """A node's state-transfer port when not set: like Redis Cluster's bus port, the client
+    port + 10000 (- 10000 where that would pass 65535), so nodes that share an address with
+    consecutive client ports get consecutive state ports that collide with none of them."""
+    return client_port + 10000 if client_port + 10000 <= 65535 else client_port - 10000
 
 
 def default_cluster_id(name: str) -> int:
@@ -662,6 +672,7 @@ _NODE_KEYS: Final = (
     "id",
     "address",
     "client_port",
+    "state_port",
     "control_socket",
     "heartbeat_out_pin",
     "heartbeat_in",
@@ -693,6 +704,8 @@ class _NodeDraft:
     id: int | None = None
     address: str | None = None
     client_port: int | None = None
+    state_port: int | None = None
+    state_port_given: bool = False
     control_socket: Path | None = None
     heartbeat_out_pin: int | None = None
     heartbeat_in: dict[str, int] = field(default_factory=dict)
@@ -942,6 +955,7 @@ class _Parser:
         for d in drafts:
             assert d.name is not None and d.id is not None and d.address is not None
             assert d.client_port is not None and d.fence_action is not None
+            assert d.state_port is not None
             assert d.off_hold is not None
             out.append(
                 NodeConfig(
@@ -949,6 +963,7 @@ class _Parser:
                     id=d.id,
                     address=d.address,
                     client_port=d.client_port,
+                    state_port=d.state_port,
                     control_socket=d.control_socket,
                     heartbeat_out_pin=d.heartbeat_out_pin,
                     heartbeat_in=dict(d.heartbeat_in),
@@ -970,6 +985,11 @@ class _Parser:
         d.id = self.get(t, path, "id", _int(1, MAX_NODE_ID))
         d.address = self.get(t, path, "address", _unicast)
         d.client_port = self.get(t, path, "client_port", _port, 6379)
+        d.state_port_given = "state_port" in t
+        if d.client_port is not None:
+            d.state_port = self.get(t, path, "state_port", _port, default_state_port(d.client_port))
+        elif d.state_port_given:
+            d.state_port = self.get(t, path, "state_port", _port)
         d.control_socket = self.get(t, path, "control_socket", _abs_path, None)
         d.heartbeat_out_pin = self.get(t, path, "heartbeat_out_pin", _pin, None)
         d.status_led_pin = self.get(t, path, "status_led_pin", _pin, None)
@@ -1048,11 +1068,30 @@ class _Parser:
                 dev = CommandFence(argv, timeout)
         return dev if len(self.problems) == before else None
 
+    def tcp_ports(self, d: _NodeDraft, ports: dict[tuple[str, int], str]) -> None:
+        """Claim ``d``'s client and state ports on its address; report a port already taken."""
+        if d.address is None:
+            return
+        for key, port in (("client_port", d.client_port), ("state_port", d.state_port)):
+            if port is None:
+                continue
+            where = _join(d.path, key)
+            owner = ports.setdefault((d.address, port), where)
+            if owner == where:
+                continue
+            hint = ""
+            if key == "state_port" and not d.state_port_given:
+                hint = "; it is the default (client_port + 10000): set state_port"
+            whose = "this node" if owner.startswith(d.path + ".") else "another node"
+            self.bad(where, port, f"a port not used by {whose} on {d.address} ({owner}){hint}")
+            if key == "client_port" and not d.state_port_given:
+                return  # its default state port moves with it: one problem to fix
+
     def node_checks(self, drafts: list[_NodeDraft]) -> None:
         """What involves more than one entry: uniqueness, references, pins per board."""
         names: dict[str, _NodeDraft] = {}
         ids: dict[int, _NodeDraft] = {}
-        ports: dict[tuple[str, int], _NodeDraft] = {}
+        ports: dict[tuple[str, int], str] = {}  # (address, TCP port) -> the key that has it
         sockets: dict[tuple[str, Path], _NodeDraft] = {}
         for d in drafts:
             if d.name is not None:
@@ -1069,17 +1108,7 @@ class _Parser:
                     self.bad(_join(d.path, "id"), d.id, f"a unique id ({ids[d.id].path} has it)")
                 else:
                     ids[d.id] = d
-            if d.address is not None and d.client_port is not None:
-                ap = (d.address, d.client_port)
-                if ap in ports:
-                    self.bad(
-                        _join(d.path, "client_port"),
-                        d.client_port,
-                        f"a port not used by another node on {d.address} "
-                        f"({ports[ap].path}.client_port)",
-                    )
-                else:
-                    ports[ap] = d
+            self.tcp_ports(d, ports)
             if d.address is not None and d.control_socket is not None:
                 asock = (d.address, d.control_socket)
                 if asock in sockets:

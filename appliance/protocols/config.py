@@ -7,6 +7,7 @@ second while tolerating several consecutive lost heartbeats.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from appliance.protocols.wire.datagram import DEFAULT_MAX_DATAGRAM, overhead
@@ -22,6 +23,19 @@ def gateway_group(node: int) -> int:
 
 def is_gateway_group(group: int) -> bool:
     return group & GATEWAY_GROUP_BASE != 0
+
+
+class StateTransfer(enum.Enum):
+    """How the primary ships a snapshot to a joiner."""
+
+    STREAM = "stream"
+    """The primary multicasts a small ``STATE_OFFER`` (size and digest) and hands the blob to
+    its host; the joiner's host fetches it point-to-point and gives it back with
+    ``install_state``. A large state then never holds up the group's multicast traffic. This
+    is what the node agent uses (over TCP) and what the simulator exercises."""
+    MULTICAST = "multicast"
+    """The core cuts the snapshot into ``state_chunk``-byte ``STATE`` datagrams itself: needs
+    nothing from the host, so any host (a test, an embedding) can join nodes as is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,9 @@ class ProtocolConfig:
     vote_timeout: float = 0.3
     fence_retry: float = 0.1
     state_chunk: int = 1024
+    """Chunk size of the multicast state transfer."""
+    state_transfer: StateTransfer = StateTransfer.MULTICAST
+    """Core default: the transfer that needs no host channel (the agent chooses ``STREAM``)."""
     join_timeout: float = 5.0
     handover_timeout: float = 1.0
     """A graceful hand-over (``step_down``) that has not completed after this long gives up:

@@ -4,7 +4,7 @@ In the style of aioquic's connection: the host feeds ``receive_datagram(data, no
 timer at ``get_timer()`` and calls ``handle_timer(now)`` when it fires, sends whatever
 ``datagrams_to_send(now)`` returns to the cluster's multicast group, and drains
 ``next_event()``. Host actions (fencing, snapshots, application output) come back through
-``fence_result``, ``provide_snapshot`` and ``send``.
+``fence_result``, ``provide_snapshot``, ``install_state`` and ``send``.
 """
 
 from __future__ import annotations
@@ -137,6 +137,18 @@ class NodeEngine:
 
     def provide_snapshot(self, snapshot_id: int, app_state: bytes, now: float) -> None:
         self.member.provide_snapshot(snapshot_id, app_state, now)
+
+    def install_state(self, snapshot_id: int, blob: bytes, now: float) -> bool:
+        """Joiner: the blob of an offered snapshot, fetched point-to-point (``SnapshotOffered``).
+
+        False (and the fetch is retried on the primary's next offer) if it is not the offered
+        snapshot's size and digest, or the offer is no longer current.
+        """
+        return self.member.install_state(snapshot_id, blob, now)
+
+    def state_fetch_failed(self, snapshot_id: int, reason: str, now: float) -> None:
+        """Joiner: fetching an offered snapshot failed; it is retried on the next offer."""
+        self.member.state_fetch_failed(snapshot_id, reason, now)
 
     # -- output --------------------------------------------------------------------------
 

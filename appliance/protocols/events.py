@@ -66,6 +66,44 @@ class SnapshotRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotReady:
+    """Primary (stream transfer): serve ``blob`` to node ``joiner`` (that incarnation only)
+    as snapshot ``snapshot_id`` over the point-to-point channel, until ``SnapshotReleased``.
+
+    The blob is opaque to the host: protocol state and application state together, exactly
+    what the joiner's host hands to ``install_state``.
+    """
+
+    snapshot_id: int
+    joiner: int
+    joiner_incarnation: int
+    blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReleased:
+    """Primary: the admission of snapshot ``snapshot_id`` ended; stop serving it, free it."""
+
+    snapshot_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotOffered:
+    """Joiner (stream transfer): fetch snapshot ``snapshot_id`` from ``source_node`` (which
+    must still run ``source_incarnation``) and call ``install_state(snapshot_id, blob)``, or
+    ``state_fetch_failed(snapshot_id, reason)``. ``size`` and ``digest`` (SHA-256) came in an
+    authenticated offer: a blob that does not match them is not the snapshot. A new offer
+    replaces any fetch still running."""
+
+    source_node: int
+    source_incarnation: int
+    snapshot_id: int
+    index: int
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotInstalled:
     """Replace the application state with ``app_state`` (the state after ``index``)."""
 
@@ -128,6 +166,9 @@ Event = (
     | ViewInstalled
     | FenceRequested
     | SnapshotRequested
+    | SnapshotReady
+    | SnapshotReleased
+    | SnapshotOffered
     | SnapshotInstalled
     | StateReset
     | Stalled

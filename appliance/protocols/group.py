@@ -20,12 +20,18 @@ each other (unless the heartbeat wire already proves the node above is down).
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.protocols.config import ProtocolConfig, check_payload, is_gateway_group
+from appliance.protocols.config import (
+    ProtocolConfig,
+    StateTransfer,
+    check_payload,
+    is_gateway_group,
+)
 from appliance.protocols.events import (
     Committed,
     Delivered,
@@ -34,6 +40,9 @@ from appliance.protocols.events import (
     HandoverFinished,
     RoleChanged,
     SnapshotInstalled,
+    SnapshotOffered,
+    SnapshotReady,
+    SnapshotReleased,
     SnapshotRequested,
     StateReset,
     ViewInstalled,
@@ -64,6 +73,7 @@ from appliance.protocols.messages import (
     Role,
     SecondAck,
     StateChunk,
+    StateOffer,
 )
 from appliance.protocols.outbox import Outbox
 from appliance.protocols.wire.datagram import Datagram
@@ -133,6 +143,10 @@ class Admission:
     protocol_state: bytes
     started: float
     chunks: list[bytes] | None = None
+    """Multicast transfer: the snapshot cut into STATE chunks."""
+    blob: bytes | None = None
+    """Stream transfer: the snapshot the host serves point-to-point."""
+    digest: bytes = b""
     installed: bool = False
     last_sent: float = -NEVER
     freeze: bool = False
@@ -160,6 +174,24 @@ class Assembly:
     started: float
     chunks: dict[int, bytes] = field(default_factory=dict)
     last_nack: float = -NEVER
+
+
+@dataclass(slots=True)
+class Fetch:
+    """The joiner's side of a stream transfer: an offer its host is fetching (or will retry).
+
+    ``busy`` while the host has it in hand; a failed fetch is asked again on the primary's next
+    offer (at most every ``join_retry``), until ``join_timeout`` from the first offer.
+    """
+
+    source: Member
+    snapshot_id: int
+    index: int
+    size: int
+    digest: bytes
+    started: float
+    requested: float
+    busy: bool = True
 
 
 class GroupMember:
@@ -208,6 +240,9 @@ class GroupMember:
         self.stepdown: StepDown | None = None
         self.offered_to: Member | None = None
         """Whom we offered the primary role in this view (a late acceptance is still honoured)."""
+        self.fetch: Fetch | None = None
+        self.fetches = 0
+        self.fetch_failures = 0
         self.learning_from: Member | None = None
         self.learning_since = now
         self.learning_snapshot = 0
@@ -228,6 +263,7 @@ class GroupMember:
         self.ack_sent: dict[ConnKey, int] = {}
         self.nacks_due: dict[ConnKey, float] = {}
         self.snapshot_counter = 0
+        self.last_fetch_failure = ""
         self.order_stalled = 0
         self.dropped_stale_view = 0
 
@@ -290,9 +326,33 @@ class GroupMember:
         if adm is None or adm.snapshot_id != snapshot_id or not self.is_primary:
             return
         blob = Writer().blob(adm.protocol_state).blob(app_state).getvalue()
+        if self.cfg.state_transfer is StateTransfer.STREAM:
+            adm.blob = blob
+            adm.digest = hashlib.sha256(blob).digest()
+            j = adm.joiner
+            self.events.append(SnapshotReady(snapshot_id, j.node, j.incarnation, blob))
+            self._send_offer(adm, now)
+            return
         size = self.cfg.state_chunk
         adm.chunks = [blob[i : i + size] for i in range(0, len(blob), size)] or [b""]
         self._send_chunks(adm, range(len(adm.chunks)), now)
+
+    def install_state(self, snapshot_id: int, blob: bytes, now: float) -> bool:
+        f = self.fetch
+        if f is None or f.snapshot_id != snapshot_id or self.role is not Role.JOINING:
+            return False
+        if len(blob) != f.size or hashlib.sha256(blob).digest() != f.digest:
+            self.state_fetch_failed(snapshot_id, "the blob does not match the offer", now)
+            return False
+        self._install_snapshot(f.source, snapshot_id, blob, now)
+        return True
+
+    def state_fetch_failed(self, snapshot_id: int, reason: str, now: float) -> None:
+        f = self.fetch
+        if f is not None and f.snapshot_id == snapshot_id and f.busy:
+            f.busy = False
+            self.fetch_failures += 1
+            self.last_fetch_failure = reason
 
     def forgive(self, now: float) -> None:
         """This node stood still until ``now``: restart the backups' progress clocks too, so a
@@ -759,6 +819,7 @@ class GroupMember:
             self.known_end = self.delivered
         self._install_view(view, now)
         self.suspect_since = None
+        self._end_admission()  # a former primary admits nobody (and frees a served snapshot)
         self._set_role(Role.BACKUP, f"following node {view.primary.node} in {view.describe()}")
         sd = self.stepdown
         if sd is not None and sd.phase is HandoverPhase.VOTED:
@@ -859,9 +920,12 @@ class GroupMember:
             return  # handing over: the next primary admits it
         adm = self.admission
         if adm is not None:
-            restarted = adm.joiner == joiner and adm.installed  # it reset after installing
+            restarted = (adm.joiner == joiner and adm.installed) or (  # it reset after installing
+                adm.joiner.node == joiner.node and adm.joiner.incarnation < joiner.incarnation
+            )  # or restarted: its predecessor will never take the snapshot
             if not restarted and now < adm.started + self.cfg.join_timeout:
                 return
+        self._end_admission()
         self.snapshot_counter += 1
         self.admission = Admission(
             joiner, self.snapshot_counter, self.delivered, self._protocol_state(), now
@@ -915,7 +979,30 @@ class GroupMember:
             a.last_nack = now
         a.chunks[body.chunk] = body.data
         if len(a.chunks) == a.total:
-            self._install_snapshot(a, now)
+            blob = b"".join(a.chunks[i] for i in range(a.total))
+            self._install_snapshot(a.source, a.snapshot_id, blob, now)
+
+    def _on_state_offer(self, h: Header, body: StateOffer, now: float, from_primary: bool) -> None:
+        me = Member(body.target, body.target_incarnation)
+        if me != self.me or self.role is not Role.JOINING:
+            return
+        src = Member(h.src_node, h.incarnation)
+        f = self.fetch
+        if f is not None and f.source == src and f.snapshot_id == body.snapshot_id:
+            if f.busy or now < f.requested + self.cfg.join_retry:
+                return  # the host is on it, or failed a moment ago: the next offer retries
+        else:
+            f = self.fetch = Fetch(
+                src, body.snapshot_id, body.index, body.size, body.digest, now, now
+            )
+        f.busy = True
+        f.requested = now
+        self.fetches += 1
+        self.events.append(
+            SnapshotOffered(
+                src.node, src.incarnation, body.snapshot_id, body.index, body.size, body.digest
+            )
+        )
 
     # ------------------------------------------------------------------ state transfer
 
@@ -932,8 +1019,7 @@ class GroupMember:
                 w.u64(s).blob(p)
         return w.getvalue()
 
-    def _install_snapshot(self, a: Assembly, now: float) -> None:
-        blob = b"".join(a.chunks[i] for i in range(a.total))
+    def _install_snapshot(self, source: Member, snapshot_id: int, blob: bytes, now: float) -> None:
         r = Reader(blob)
         proto, app = r.blob(), r.blob()
         r.finish()
@@ -956,13 +1042,27 @@ class GroupMember:
         self.annex_pending.clear()
         self.annexed_upto = index
         self.assembly = None
-        self.learning_from = a.source
+        self.fetch = None
+        self.learning_from = source
         self.learning_since = now
         self.events.append(SnapshotInstalled(index, app))
-        self._set_role(Role.LEARNING, f"state from node {a.source.node} installed at {index}")
-        self.learning_snapshot = a.snapshot_id
+        self._set_role(Role.LEARNING, f"state from node {source.node} installed at {index}")
+        self.learning_snapshot = snapshot_id
         self.last_install_ack = now
-        self._emit(AcceptAck(AckKind.STATE_INSTALLED, a.snapshot_id, self.delivered))
+        self._emit(AcceptAck(AckKind.STATE_INSTALLED, snapshot_id, self.delivered))
+
+    def _send_offer(self, adm: Admission, now: float) -> None:
+        assert adm.blob is not None
+        adm.last_sent = now
+        size = len(adm.blob)
+        j = adm.joiner
+        self._emit(StateOffer(j.node, j.incarnation, adm.snapshot_id, adm.index, size, adm.digest))
+
+    def _end_admission(self) -> None:
+        """Forget the admission in progress; the host may free a snapshot it was serving."""
+        adm, self.admission = self.admission, None
+        if adm is not None and adm.blob is not None:
+            self.events.append(SnapshotReleased(adm.snapshot_id))
 
     def _send_chunks(self, adm: Admission, which: Iterable[int], now: float) -> None:
         assert adm.chunks is not None
@@ -987,9 +1087,11 @@ class GroupMember:
             self._end_stepdown(False, f"left the group: {reason}")
         self.view = None
         self.candidacy = None
+        released = self.admission
         self.admission = None
         self.confirming = None
         self.assembly = None
+        self.fetch = None
         self.learning_from = None
         self.delivered = self.commit = self.known_end = self.record_sent_upto = 0
         self.last_ack_sent = 0
@@ -1011,10 +1113,19 @@ class GroupMember:
         self.offered_to = None
         self.started = now
         # Inputs not yet applied by the host belong to the state being dropped.
-        stale = (Delivered, Committed, SnapshotInstalled, SnapshotRequested)
+        stale = (
+            Delivered,
+            Committed,
+            SnapshotInstalled,
+            SnapshotRequested,
+            SnapshotReady,
+            SnapshotOffered,
+        )
         kept = [ev for ev in self.events if not isinstance(ev, stale)]
         self.events.clear()
         self.events.extend(kept)
+        if released is not None and released.blob is not None:
+            self.events.append(SnapshotReleased(released.snapshot_id))
         self.events.append(StateReset(reason))
         self._set_role(Role.JOINING, reason)
 
@@ -1171,7 +1282,7 @@ class GroupMember:
             return
         j = adm.joiner.node
         if now > adm.started + self.cfg.join_timeout or self._failed(j, now):
-            self.admission = None
+            self._end_admission()
         elif adm.installed:
             if not adm.freeze and self.acks.get(j, 0) >= self.commit:
                 # Caught up with the commit point: pause ordering for the last few entries, so
@@ -1188,12 +1299,16 @@ class GroupMember:
                 # backup that missed it could otherwise take over without it, unfenced.
                 view = self.view.plus(adm.joiner, self.view.number + 1)
                 waiting = {m.node for m in self.view.backups}
-                self.admission = None
+                self._end_admission()
                 self._install_view(view, now)
                 self.confirming = Confirming(adm.joiner, view, waiting)
                 self._emit(AcceptBackup(view.members, j))
         elif adm.chunks is not None and now > adm.last_sent + self.cfg.join_retry * 5:
             self._send_chunks(adm, range(len(adm.chunks)), now)
+        elif adm.blob is not None and now >= adm.last_sent + self.cfg.join_retry:
+            # Repeated until the joiner reports the snapshot installed: the offer is one
+            # datagram that may be lost, and a failed fetch is retried on the next one.
+            self._send_offer(adm, now)
 
     def _tick_confirming(self, now: float) -> None:
         conf = self.confirming
@@ -1273,6 +1388,11 @@ class GroupMember:
                 self._emit(Nack(c.source, NackKind.ENTRIES, ((self.delivered + 1, c.target),)))
 
     def _tick_joining(self, now: float) -> None:
+        f = self.fetch
+        if f is not None and (
+            self._failed(f.source.node, now) or now > f.started + self.cfg.join_timeout
+        ):
+            self.fetch = None
         a = self.assembly
         if a is not None:
             if self._failed(a.source.node, now) or now > a.started + self.cfg.join_timeout:
@@ -1434,6 +1554,9 @@ class GroupMember:
             "commit": self.commit,
             "log_entries": len(self.log),
             "handover": self.stepdown.phase.value if self.stepdown is not None else None,
+            "state_fetches": self.fetches,
+            "state_fetch_failures": self.fetch_failures,
+            "state_fetch_last_failure": self.last_fetch_failure,
         }
 
 
@@ -1452,4 +1575,5 @@ _HANDLERS: dict[type, _Handler] = {
     AcceptAck: GroupMember._on_accept_ack,
     StateChunk: GroupMember._on_state,
     Handover: GroupMember._on_handover,
+    StateOffer: GroupMember._on_state_offer,
 }

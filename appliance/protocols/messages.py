@@ -418,6 +418,44 @@ class StateChunk:
         return v
 
 
+DIGEST_LEN = 32
+"""SHA-256."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateOffer:
+    """A snapshot (taken at log ``index``) the joiner ``target`` may fetch point-to-point.
+
+    ``target_incarnation`` names the joiner's run: a node that restarted meanwhile must not
+    chase the snapshot made for its predecessor (its host would refuse to serve it anyway).
+
+    The blob itself does not travel over multicast: a large state would hold up the group's
+    traffic. This small authenticated offer carries what the joiner needs to trust the blob it
+    fetches over an unauthenticated stream: its size and SHA-256 digest.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.STATE_OFFER
+    target: int
+    target_incarnation: int
+    snapshot_id: int
+    index: int
+    size: int
+    digest: bytes
+
+    def encode(self) -> bytes:
+        w = Writer().u16(self.target).u32(self.target_incarnation).u32(self.snapshot_id)
+        return w.u64(self.index).u64(self.size).blob(self.digest).getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        r = Reader(data)
+        v = cls(r.u16(), r.u32(), r.u32(), r.u64(), r.u64(), r.blob())
+        r.finish()
+        if len(v.digest) != DIGEST_LEN:
+            raise WireError(RejectReason.MALFORMED, f"digest of {len(v.digest)} bytes")
+        return v
+
+
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     """An ordered-log entry with its payload, sent to repair a member's gaps."""
@@ -481,6 +519,7 @@ BODY_TYPES: dict[MessageType, type] = {
         StateChunk,
         Order,
         Handover,
+        StateOffer,
     )
 }
 

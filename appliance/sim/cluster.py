@@ -10,6 +10,9 @@ checks the invariants after every step:
 * no acknowledged request is lost: a request whose reply a client received (and which the
   gateway saw acknowledged) stays at its index in every log that reaches that index, and every
   node that becomes primary holds all of them;
+* state transfer goes over a simulated point-to-point channel (the stream transfer the agent
+  uses): a fetch takes time in proportion to the snapshot's size and fails when either end
+  loses power or restarts, or the two are partitioned, before it completes;
 * L1/L2/L3 at the end: after the faults stop and everything is healed and powered on, one
   primary, every node in its view, identical logs, every request stable exactly once.
 """
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.protocols.config import ProtocolConfig, is_gateway_group
+from appliance.protocols.config import ProtocolConfig, StateTransfer, is_gateway_group
 from appliance.protocols.engine import NodeEngine
 from appliance.protocols.events import (
     Delivered,
@@ -34,6 +37,9 @@ from appliance.protocols.events import (
     RequestsStable,
     RoleChanged,
     SnapshotInstalled,
+    SnapshotOffered,
+    SnapshotReady,
+    SnapshotReleased,
     SnapshotRequested,
     StateReset,
     ViewInstalled,
@@ -115,6 +121,10 @@ class SimNode:
     stable: int = 0
     next_request: int = 0
     power_on_at: float | None = None
+    snapshots: dict[int, SnapshotReady] = field(default_factory=dict)
+    """Snapshots this node's host serves to joiners (stream transfer), by id."""
+    fetch_gen: int = 0
+    """Bumped on every offer: a fetch still running for an older offer is abandoned."""
 
     @property
     def alive(self) -> bool:
@@ -132,6 +142,8 @@ class SimStats:
     handovers: int = 0
     """Hand-overs that completed (the successor became primary with the old one's vote)."""
     datagrams: int = 0
+    fetches: int = 0
+    fetch_failures: int = 0
 
 
 class SimCluster:
@@ -142,8 +154,10 @@ class SimCluster:
         cfg: ProtocolConfig | None = None,
         trace: Callable[[str], None] | None = None,
         style: Style | None = None,
+        state_transfer: StateTransfer = StateTransfer.STREAM,
     ) -> None:
-        """``style`` None: a bare replicated log; otherwise the KV service replicated in it."""
+        """``style`` None: a bare replicated log; otherwise the KV service replicated in it.
+        ``state_transfer``: stream (the agent's) unless a test asks for the multicast one."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.style = style
@@ -153,6 +167,7 @@ class SimCluster:
             nodes=ids,
             key=b"sim-key-" + bytes([7] * 24),
             annexed=style is not None,
+            state_transfer=state_transfer,
         )
         self.net = SimNetwork(self.rng)
         self.now = 0.0
@@ -171,6 +186,13 @@ class SimCluster:
         self.fence_cuts_power = True
         """False emulates a fence device that reports success but left the node running."""
         self.fence_log: list[tuple[float, int, int]] = []  # (time, fencer, target)
+        self.fetch_latency = 0.002
+        self.fetch_rate = 2e5
+        """Point-to-point channel: bytes per second (a slow link, so that faults land mid-way)."""
+        self.fetch_reset = 0.1
+        """Chance that a fetch breaks half-way (a reset connection), on top of the faults."""
+        self.fetch_faults = 0
+        """The next this many fetches break half-way, whatever the chance (for tests)."""
         self.role_log: list[tuple[float, int, Role]] = []
         self.handover_log: list[tuple[float, int, HandoverFinished]] = []
         """Outcomes of graceful hand-overs: (time, old primary, result)."""
@@ -250,6 +272,7 @@ class SimCluster:
         sn.replies.clear()
         sn.stable = 0
         sn.power_on_at = None
+        sn.snapshots.clear()
         if self.style is not None:
             info = replication_info(sn.engine)
             sn.replicator = Replicator(
@@ -274,6 +297,7 @@ class SimCluster:
         sn.engine = None
         sn.paused = False
         sn.inbox.clear()
+        sn.snapshots.clear()
         sn.timer_gen += 1
 
     def step_down(self, node: int) -> int | None:
@@ -379,6 +403,12 @@ class SimCluster:
             w = Writer().blob(encode_log(sn.log[: ev.index]))
             w.blob(sn.replicator.snapshot() if sn.replicator is not None else b"")
             eng.provide_snapshot(ev.snapshot_id, w.getvalue(), self.now)
+        elif isinstance(ev, SnapshotReady):
+            sn.snapshots[ev.snapshot_id] = ev
+        elif isinstance(ev, SnapshotReleased):
+            sn.snapshots.pop(ev.snapshot_id, None)
+        elif isinstance(ev, SnapshotOffered):
+            self._start_fetch(sn, ev)
         elif isinstance(ev, SnapshotInstalled):
             r = Reader(ev.app_state)
             sn.log, app_state = decode_log(r.blob()), r.blob()
@@ -468,6 +498,46 @@ class SimCluster:
             self.at(self.now + 0.001, "fence_done", data)
             return
         sn.engine.fence_result(target, healthy, self.now)
+        self._step(sn)
+
+    # -- the point-to-point state channel ------------------------------------------------
+
+    def _start_fetch(self, sn: SimNode, ev: SnapshotOffered) -> None:
+        sn.fetch_gen += 1
+        self.stats.fetches += 1
+        took = self.fetch_latency + ev.size / self.fetch_rate
+        broken = self.fetch_faults > 0 or self.rng.random() < self.fetch_reset
+        if self.fetch_faults > 0:
+            self.fetch_faults -= 1
+        key = (sn.node, sn.incarnation, sn.fetch_gen, ev, broken)
+        self.at(self.now + (took / 2 if broken else took), "fetch_done", key)
+
+    def _on_fetch_done(self, data: tuple[int, int, int, SnapshotOffered, bool]) -> None:
+        node, inc, gen, ev, broken = data
+        sn = self.nodes[node]
+        if sn.engine is None or sn.incarnation != inc or sn.fetch_gen != gen:
+            return  # the joiner restarted, or a newer offer replaced this fetch
+        src = self.nodes[ev.source_node]
+        if sn.paused or (src.paused and not broken):
+            self.at(self.now + 0.001, "fetch_done", data)  # a stalled stream waits
+            return
+        snap = src.snapshots.get(ev.snapshot_id)
+        why = ""
+        if broken:
+            why = "connection reset mid-way"
+        elif src.engine is None or src.incarnation != ev.source_incarnation:
+            why = f"node {ev.source_node} lost power"
+        elif not self.net.connected(node, ev.source_node):
+            why = f"node {ev.source_node} unreachable"
+        elif snap is None or (snap.joiner, snap.joiner_incarnation) != (node, inc):
+            why = f"node {ev.source_node} does not serve snapshot {ev.snapshot_id} to us"
+        if why or snap is None:
+            self.stats.fetch_failures += 1
+            self.log(f"node {node} failed to fetch snapshot {ev.snapshot_id}: {why}")
+            sn.engine.state_fetch_failed(ev.snapshot_id, why, self.now)
+        else:
+            self.log(f"node {node} fetched snapshot {ev.snapshot_id} ({ev.size} bytes)")
+            sn.engine.install_state(ev.snapshot_id, snap.blob, self.now)
         self._step(sn)
 
     # -- clients -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from appliance.node.config import (
     ShellyFence,
     TasmotaFence,
     default_cluster_id,
+    default_state_port,
     load_config,
     load_key,
     loads_config,
@@ -1382,3 +1383,34 @@ def test_docs_describe_every_key() -> None:
     }
     missing = sorted(k for k in keys if f"`{k}`" not in docs)
     assert not missing, f"docs/operations.md does not describe {missing}"
+
+
+def test_state_port_defaults_beside_the_client_port_and_must_be_free_on_the_address() -> None:
+    data = example()
+    nodes = parse_config(data).nodes
+    assert [n.state_port for n in nodes] == [16379, 16379, 16379]  # one per address
+    assert default_state_port(6379) == 16379 and default_state_port(60000) == 50000
+    for i, n in enumerate(data["nodes"]):
+        n["address"] = "127.0.0.1"
+        n["client_port"] = 6379 + i
+    assert [n.state_port for n in parse_config(data).nodes] == [16379, 16380, 16381]
+    data["nodes"][1]["client_port"] = 16379
+    assert problems_of(data) == [
+        f"{F}:nodes[1].client_port: 16379; expected a port not used by another node on "
+        "127.0.0.1 (nodes[0].state_port)",
+    ]
+    data["nodes"][1]["client_port"] = 6380
+    data["nodes"][2]["state_port"] = 6381
+    assert problems_of(data) == [
+        f"{F}:nodes[2].state_port: 6381; expected a port not used by this node on "
+        "127.0.0.1 (nodes[2].client_port)",
+    ]
+    data["nodes"][2]["state_port"] = 70000
+    assert problems_of(data) == [f"{F}:nodes[2].state_port: 70000; expected an integer 1..65535"]
+    data["nodes"][2]["state_port"] = 7000
+    data["nodes"][0]["state_port"] = 16380  # node 1's default state port
+    assert problems_of(data) == [
+        f"{F}:nodes[1].state_port: 16380; expected a port not used by another node on "
+        "127.0.0.1 (nodes[0].state_port); it is the default (client_port + 10000): set "
+        "state_port",
+    ]

@@ -34,6 +34,7 @@ from appliance.protocols.messages import (
     Role,
     SecondAck,
     StateChunk,
+    StateOffer,
     decode_body,
 )
 from appliance.protocols.wire.errors import RejectReason, WireError
@@ -80,6 +81,7 @@ BODY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     RemoveBackup: st.builds(RemoveBackup, members_st, u16),
     Handover: st.builds(Handover, st.builds(Member, u16, u32), u64),
     StateChunk: state_chunks(),
+    StateOffer: st.builds(StateOffer, u16, u32, u32, u64, u64, st.binary(min_size=32, max_size=32)),
     Order: st.builds(
         Order,
         u64,
@@ -384,3 +386,10 @@ def test_data_blob_longer_than_body_is_truncated() -> None:
 )
 def test_trailing_byte_is_malformed(body: Any) -> None:
     assert reject_reason(body.TYPE, body.encode() + b"\x00") is RejectReason.MALFORMED
+
+
+def test_state_offer_carries_a_sha256_digest() -> None:
+    offer = StateOffer(3, 2, 7, 100, 1 << 40, bytes(range(32)))
+    assert decode_body(MessageType.STATE_OFFER, offer.encode()) == offer
+    short = StateOffer(3, 2, 7, 100, 5, b"x" * 31).encode()  # the encoder does not check
+    assert reject_reason(MessageType.STATE_OFFER, short) is RejectReason.MALFORMED

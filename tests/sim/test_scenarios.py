@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from appliance.protocols.config import StateTransfer
 from appliance.protocols.messages import Role
 from appliance.protocols.wire.header import MessageType
 from appliance.sim.cluster import InvariantViolation, SimCluster, chain_hash, request_id
@@ -304,5 +305,76 @@ def test_every_message_type_is_exercised_by_hand_over_failover_and_rejoin() -> N
     c.fence_cuts_power = True
     settle_and_check(c, 4.0)
     sent = c.messages_sent()
+    # The multicast state transfer (the core's own, for hosts without a point-to-point
+    # channel) sends STATE chunks instead of a STATE_OFFER: one more cluster forms with it.
+    m = SimCluster(61, state_transfer=StateTransfer.MULTICAST)
+    assert m.wait_for(m.formed, 3.0)
+    assert m.stats.fetches == 0
+    sent.update(m.messages_sent())
     missing = {t.name.lower() for t in MessageType} - set(sent)
     assert not missing, f"never sent: {sorted(missing)}"
+
+
+def with_backup_removed(seed: int, run_first: float = 0.0) -> tuple[SimCluster, int, int]:
+    """A formed cluster whose last-ranked backup lost its power and left the view (it is off):
+    the cluster, its primary and that node, ready to rejoin by state transfer."""
+    c = formed_cluster(seed=seed)
+    c.run_until(c.now + run_first)
+    p = primary(c)
+    victim = view_of(c, p)[-1]
+    c.power_off(victim, "pull")
+    assert c.wait_for(lambda: victim not in view_of(c, p), 1.0)
+    return c, p, victim
+
+
+def test_rejoin_fetches_the_snapshot_point_to_point_and_retries_a_broken_fetch() -> None:
+    c, _, victim = with_backup_removed(23, run_first=0.5)
+    fetches, failures = c.stats.fetches, c.stats.fetch_failures
+    c.fetch_rate = 2e4  # a slow link: the fetch is under way for a while
+    c.fetch_reset = 0.0
+    c.fetch_faults = 1  # ... and the first one breaks half-way
+    c.at(c.now, "power_on", victim)
+    assert c.wait_for(lambda: c.stats.fetches > fetches, 1.0)
+    acked = c.stats.acknowledged
+    assert c.wait_for(lambda: c.stats.fetch_failures > failures, 1.0)
+    assert c.role(victim) is Role.JOINING
+    assert c.wait_for(c.formed, 3.0), "no retry after the broken fetch"
+    assert c.stats.fetches >= fetches + 2
+    assert c.stats.acknowledged > acked, "clients stalled during the state transfer"
+    assert "state" not in c.messages_sent(), "the snapshot went over multicast"
+    eng = c.nodes[victim].engine
+    assert eng is not None and eng.member.fetch_failures == 1
+    settle_and_check(c)
+
+
+def test_snapshot_source_losing_power_mid_fetch_fails_it_and_the_joiner_joins_the_new_primary() -> (
+    None
+):
+    c, p, joiner = with_backup_removed(29)
+    c.fetch_rate = 1e4
+    fetches, failures = c.stats.fetches, c.stats.fetch_failures
+    c.at(c.now, "power_on", joiner)
+    assert c.wait_for(lambda: c.stats.fetches > fetches, 1.0)
+    c.power_off(p, "the primary dies while the joiner fetches its snapshot")
+    assert c.wait_for(lambda: c.stats.fetch_failures > failures, 1.0)
+    assert c.role(joiner) is Role.JOINING
+    c.fetch_rate = 2e5
+    assert c.wait_for(lambda: len(c.primaries()) == 1 and primary(c) != joiner, 2.0)
+    assert c.wait_for(c.formed, 4.0)
+    assert joiner in view_of(c, primary(c))
+    settle_and_check(c)
+
+
+def test_a_joiner_restarting_mid_fetch_is_admitted_again_at_once() -> None:
+    c, _, joiner = with_backup_removed(31)
+    c.fetch_rate, c.fetch_reset = 1e4, 0.0
+    fetches = c.stats.fetches
+    c.at(c.now, "power_on", joiner)
+    assert c.wait_for(lambda: c.stats.fetches > fetches, 1.0)
+    c.power_off(joiner, "pulled again while it fetches")
+    c.at(c.now + 0.01, "power_on", joiner)
+    c.fetch_rate = 2e5
+    # Not join_timeout (5 s) later: the new incarnation's proposal replaces the admission, and
+    # the offer made for its predecessor is not fetched.
+    assert c.wait_for(c.formed, 1.5), "the restarted joiner waited for the old admission"
+    settle_and_check(c)

@@ -46,6 +46,8 @@ class MessageType(enum.IntEnum):
     """State-transfer chunk."""
     ORDER = 14
     """Standalone ordering records when the primary has nothing else to send."""
+    STATE_OFFER = 15
+    """A snapshot is ready for a joiner: fetch it over the point-to-point channel."""
     HANDOVER = 16
     """A primary stepping down offers the primary role to its successor (graceful hand-over)."""
 

@@ -46,6 +46,7 @@ def test_message_type_values_are_stable() -> None:
         "REMOVE_BACKUP": 12,
         "STATE": 13,
         "ORDER": 14,
+        "STATE_OFFER": 15,
         "HANDOVER": 16,
     }
     assert (Flags.RETRANSMISSION, Flags.URGENT, Flags.LOGGED) == (1, 2, 4)
@@ -86,7 +87,7 @@ def test_msg_type_and_flags_are_normalised_to_enums() -> None:
     assert h.flags == Flags.RETRANSMISSION | Flags.LOGGED
 
 
-@pytest.mark.parametrize("bad", [0, 15, 255, 256, -1])
+@pytest.mark.parametrize("bad", [0, 99, 255, 256, -1])
 def test_unknown_msg_type_rejected(bad: int) -> None:
     with pytest.raises(ValueError):
         header(bad)  # type: ignore[arg-type]

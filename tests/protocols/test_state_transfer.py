@@ -1,0 +1,156 @@
+"""The stream state transfer as the engine's host sees it: offer, fetch, install or retry.
+
+Two engines on a perfect network; the test plays both hosts, including the point-to-point
+channel, so every step of the host contract (SnapshotReady, SnapshotOffered, install_state,
+state_fetch_failed, SnapshotReleased) is checked on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable
+
+from appliance.protocols.config import ProtocolConfig, StateTransfer
+from appliance.protocols.engine import NodeEngine
+from appliance.protocols.events import (
+    Event,
+    SnapshotInstalled,
+    SnapshotOffered,
+    SnapshotReady,
+    SnapshotReleased,
+    SnapshotRequested,
+)
+from appliance.protocols.messages import Role
+
+KEY = b"s" * 32
+APP_STATE = b"application state " * 500
+
+
+def config() -> ProtocolConfig:
+    return ProtocolConfig(cluster_id=9, nodes=(1, 2), key=KEY, state_transfer=StateTransfer.STREAM)
+
+
+class Hosts:
+    """Both hosts: node 1 serves snapshots, node 2 hands each offer to ``on_offer``."""
+
+    def __init__(self, on_offer: Callable[[SnapshotOffered, float], None]) -> None:
+        self.a = NodeEngine(config(), 1, 1, 0.0)
+        self.b = NodeEngine(config(), 2, 1, 0.0)
+        self.now = 0.0
+        self.on_offer = on_offer
+        self.serving: dict[int, SnapshotReady] = {}
+        self.events: list[Event] = []
+
+    def run(self, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
+        end = self.now + seconds
+        while self.now < end and not until():
+            self.now += 0.001
+            for e in (self.a, self.b):
+                if e.get_timer() <= self.now:
+                    e.handle_timer(self.now)
+                self.drain(e)
+            out = [(e, e.datagrams_to_send(self.now)) for e in (self.a, self.b)]
+            for src, datagrams in out:
+                dst = self.b if src is self.a else self.a
+                for d in datagrams:
+                    dst.receive_datagram(d, self.now)
+
+    def drain(self, e: NodeEngine) -> None:
+        while (ev := e.next_event()) is not None:
+            self.events.append(ev)
+            if isinstance(ev, SnapshotRequested):
+                e.provide_snapshot(ev.snapshot_id, APP_STATE, self.now)
+            elif isinstance(ev, SnapshotReady):
+                self.serving[ev.snapshot_id] = ev
+            elif isinstance(ev, SnapshotReleased):
+                self.serving.pop(ev.snapshot_id, None)
+            elif isinstance(ev, SnapshotOffered):
+                self.on_offer(ev, self.now)
+
+    def of(self, kind: type) -> list[Event]:
+        return [ev for ev in self.events if isinstance(ev, kind)]
+
+
+def test_join_by_stream_sends_an_offer_and_never_a_state_chunk() -> None:
+    def fetch(ev: SnapshotOffered, now: float) -> None:
+        blob = h.serving[ev.snapshot_id].blob
+        assert (ev.size, ev.digest) == (len(blob), hashlib.sha256(blob).digest())
+        assert (ev.source_node, ev.source_incarnation) == (1, 1)
+        assert h.b.install_state(ev.snapshot_id, blob, now)
+
+    h = Hosts(fetch)
+    h.run(2.0, lambda: h.b.role is Role.BACKUP)
+    assert h.a.role is Role.PRIMARY and h.b.role is Role.BACKUP
+    sent = h.a.out.sent_by_type
+    assert sent["state_offer"] >= 1 and "state" not in sent
+    [ready] = h.of(SnapshotReady)
+    assert (ready.joiner, ready.joiner_incarnation) == (2, 1)
+    [installed] = h.of(SnapshotInstalled)
+    assert installed.app_state == APP_STATE
+    h.run(0.1)
+    assert [ev.snapshot_id for ev in h.of(SnapshotReleased)] == [ready.snapshot_id]
+    assert not h.serving, "the primary's host was not told to free the snapshot"
+    assert h.b.status()["state_fetches"] == 1
+
+
+def test_a_blob_that_does_not_match_the_offer_is_refused_and_fetched_again() -> None:
+    results: list[bool] = []
+
+    def fetch(ev: SnapshotOffered, now: float) -> None:
+        blob = h.serving[ev.snapshot_id].blob
+        if not results:
+            blob = blob[:-1] + bytes([blob[-1] ^ 1])  # corrupted on the way
+        results.append(h.b.install_state(ev.snapshot_id, blob, now))
+
+    h = Hosts(fetch)
+    h.run(2.0, lambda: h.b.role is Role.BACKUP)
+    assert results == [False, True]
+    assert h.b.role is Role.BACKUP
+    assert h.b.status()["state_fetch_failures"] == 1
+    assert len(h.of(SnapshotRequested)) == 1, "the retry reuses the same snapshot"
+
+
+def test_a_failed_fetch_is_retried_on_a_later_offer_not_at_once() -> None:
+    offers: list[float] = []
+
+    def fetch(ev: SnapshotOffered, now: float) -> None:
+        offers.append(now)
+        if len(offers) < 3:
+            h.b.state_fetch_failed(ev.snapshot_id, "connection refused", now)
+        else:
+            assert h.b.install_state(ev.snapshot_id, h.serving[ev.snapshot_id].blob, now)
+
+    h = Hosts(fetch)
+    h.run(3.0, lambda: h.b.role is Role.BACKUP)
+    assert h.b.role is Role.BACKUP and len(offers) == 3
+    assert h.b.status()["state_fetch_last_failure"] == "connection refused"
+    retry = h.a.cfg.join_retry
+    assert all(b - a >= retry - 1e-9 for a, b in itertools.pairwise(offers))
+
+
+def test_a_fetch_the_host_never_finishes_ends_at_join_timeout_and_the_join_starts_over() -> None:
+    offers: list[SnapshotOffered] = []
+    h = Hosts(lambda ev, now: offers.append(ev))  # the host never answers
+    h.run(1.0, lambda: bool(offers))
+    assert offers and h.b.role is Role.JOINING
+    h.run(h.a.cfg.join_timeout + 1.0, lambda: len(offers) > 1)
+    assert len(offers) == 2 and offers[1].snapshot_id != offers[0].snapshot_id
+    assert offers[0].snapshot_id in [ev.snapshot_id for ev in h.of(SnapshotReleased)]
+    late = h.b.install_state(offers[0].snapshot_id, b"stale", h.now)
+    assert not late, "an expired offer's blob was accepted"
+    assert h.b.install_state(offers[1].snapshot_id, h.serving[offers[1].snapshot_id].blob, h.now)
+    h.run(2.0, lambda: h.b.role is Role.BACKUP)
+    assert h.b.role is Role.BACKUP
+
+
+def test_a_blob_handed_to_a_member_changes_nothing() -> None:
+    def fetch(ev: SnapshotOffered, now: float) -> None:
+        h.b.install_state(ev.snapshot_id, h.serving[ev.snapshot_id].blob, now)
+
+    h = Hosts(fetch)
+    h.run(2.0, lambda: h.b.role is Role.BACKUP)
+    [ready] = h.of(SnapshotReady)
+    delivered = h.b.member.delivered
+    assert h.b.install_state(ready.snapshot_id, ready.blob, h.now) is False
+    assert h.b.role is Role.BACKUP and h.b.member.delivered == delivered
