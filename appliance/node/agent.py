@@ -33,17 +33,18 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.hw.fencer import FenceRecord
+from appliance.hw.power import PowerDevice
 from appliance.node.client_session import ClientSession
 from appliance.node.config import (
     ClusterConfig,
-    CommandFence,
     ConfigError,
-    FenceAction,
     NodeConfig,
     load_config,
     load_key,
 )
 from appliance.node.control import ControlServer, socket_path
+from appliance.node.hardware import NodeHardware
 from appliance.node.info import wants_replication, with_local_replication
 from appliance.node.state_transfer import SnapshotChannel
 from appliance.node.systemd import SystemdNotifier, WatchdogPinger
@@ -245,12 +246,14 @@ class Agent:
             stop.set()
 
         driver.on_failure = failed
+        self.hw = NodeHardware(cfg, me, engine, driver.poke, driver.healthy, self._fence_record)
         self.snapshots = SnapshotChannel.for_node(cfg, me, engine, self.key, driver.poke)
         try:
             server = await asyncio.start_server(self._serve, me.address, me.client_port)
             await self.snapshots.start(me.address, me.state_port)
         except OSError:
             endpoint.close()
+            self.hw.fencer.close()
             raise
         self.notifier = SystemdNotifier()
         pinger = WatchdogPinger.from_environment(self.notifier, driver.healthy)
@@ -276,6 +279,7 @@ class Agent:
             cfg.replication.value,
         )
         driver.start()
+        self.hw.start()
         if pinger is not None:
             pinger.start()
         self.notifier.status(self._summary())
@@ -296,6 +300,8 @@ class Agent:
             await self.control.close()
             endpoint.close()
             await self.snapshots.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.hw.aclose(), 10.0)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
             self.notifier.close()
@@ -322,6 +328,7 @@ class Agent:
             task.add_done_callback(self.tasks.discard)
         elif isinstance(ev, RoleChanged):
             self._log("role %s: %s", ev.role.name, ev.reason)
+            self.hw.show_role(ev.role)
             self._changed()
         elif isinstance(ev, ViewInstalled):
             self._log("installed %s", ev.view.describe())
@@ -357,58 +364,27 @@ class Agent:
 
     # -- fencing -----------------------------------------------------------------------------
 
-    async def _command(self, dev: CommandFence, target: str, action: str) -> bool:
-        argv = [*dev.argv, target, action]
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as e:
-            log.error("fence command %s failed to start: %s", argv, e)
-            return False
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), dev.timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            log.error("fence command %s timed out after %.1f s", argv, dev.timeout)
-            return False
-        if proc.returncode != 0:
-            text = err.decode(errors="replace").strip()
-            log.error("fence command %s exited with %s: %s", argv, proc.returncode, text)
-            return False
-        return True
-
-    async def power(self, target: NodeConfig, action: str) -> CommandFence | None:
+    async def power(self, target: NodeConfig, action: str) -> PowerDevice | None:
         """Power ``target`` "off" or "on" with the first of its fence devices that does it."""
-        for dev in target.fence:
-            if not isinstance(dev, CommandFence):
-                log.warning(
-                    "fence device %r of %s is not supported by the agent", dev.kind, target.id
-                )
-                continue
-            if await self.power_with(dev, target, action):
-                return dev
-        return None
+        return await self.hw.power(target, action)
 
-    async def power_with(self, dev: CommandFence, target: NodeConfig, action: str) -> bool:
-        return await self._command(dev, target.name, action)
+    async def power_with(self, dev: PowerDevice, target: NodeConfig, action: str) -> bool:
+        return await self.hw.power_with(dev, target, action)
+
+    def _fence_record(self, record: FenceRecord) -> None:
+        """Every fence's final record (after the power-on of a power-cycle), for the log."""
+        self._log("%s", record.describe())
 
     async def _fence(self, node_id: int) -> None:
         target = self.cfg.node_by_id(node_id)
-        used = await self.power(target, "off")
-        ok = used is not None
-        self._log("fence of node %d (%s): %s", node_id, target.name, "done" if ok else "FAILED")
+        record = await self.hw.fence(target)
+        ok = record.ok
+        why = "" if ok else f" ({record.error})"
+        self._log(
+            "fence of node %d (%s): %s%s", node_id, target.name, "done" if ok else "FAILED", why
+        )
         self.engine.fence_result(node_id, ok, self.loop.time())
         self.driver.poke()
-        if used is not None and target.fence_action is FenceAction.POWER_CYCLE:
-            await asyncio.sleep(target.off_hold)
-            if not await self._command(used, target.name, "on"):
-                log.error("node=%s could not power node %s back on", self.me.name, target.name)
 
     # -- the client gateway ------------------------------------------------------------------
 
