@@ -28,6 +28,7 @@ from appliance.lab import netns
 from appliance.lab.layout import LabLayout, LabState, default_dir
 from appliance.lab.probe import node_info, roles_formed
 from appliance.lab.supervisor import Supervisor
+from appliance.lab.wires import wire_live
 from appliance.protocols.replication import Style
 
 __all__ = ["lab_main"]
@@ -120,7 +121,7 @@ def snapshot(state: LabState) -> dict[str, Any]:
                 "power": n.power,
                 "exit_code": n.exit_code,
                 "network": "up" if net is None or net.link_up(n.name) else "down",
-                "wire": "none",
+                "wire": _wire(Path(state.dir), n.name),
                 "datagrams_rejected": rejected,
             }
         )
@@ -135,6 +136,12 @@ def snapshot(state: LabState) -> dict[str, Any]:
         "formed": roles_formed(infos, powered) is not None,
         "nodes": nodes,
     }
+
+
+def _wire(lab_dir: Path, node: str) -> str:
+    """The node's emulated heartbeat wire: ``live`` (toggling), ``flat`` or ``none``."""
+    live = wire_live(lab_dir / "wires", node)
+    return "none" if live is None else ("live" if live else "flat")
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -388,7 +395,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_outlet(args: argparse.Namespace) -> int:
-    """The lab's fence device: ``... lab outlet --dir D NODE off|on`` (what the agent runs)."""
+    """Switch one outlet of the lab's power strip by hand: ``lab outlet NODE off|on``."""
     state = running_state(args.dir)
     node = state.node(args.node)
     action = {"off": "Off", "on": "On", "cycle": None}.get(args.action)
@@ -501,7 +508,7 @@ def parser() -> argparse.ArgumentParser:
     add("freeze", cmd_freeze, "SIGSTOP a node's agent (a timing fault)", node=True)
     add("thaw", cmd_thaw, "SIGCONT a frozen node's agent", node=True)
     add("down", cmd_down, "stop the lab and everything in it")
-    out = add("outlet", cmd_outlet, "switch a node's outlet (the lab's fence device)", node=True)
+    out = add("outlet", cmd_outlet, "switch a node's outlet on the power strip", node=True)
     out.add_argument("action", help="off or on")
     demo = add("demo", cmd_demo, "scripted failover demonstration (what make demo runs)")
     demo.set_defaults(dir=default_dir().with_name(default_dir().name + "-demo"))

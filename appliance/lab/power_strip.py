@@ -110,9 +110,11 @@ class Outlet:
                 "--log-level",
                 "INFO",
             ]
+            env = {**os.environ, "APPLIANCE_LAB_WIRES": str(self.layout.wires_dir)}
             with open(self.layout.log_path(self.name), "ab") as out:
                 self.proc = subprocess.Popen(
                     argv,
+                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -33,7 +33,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.hw.fencer import FenceRecord
 from appliance.hw.power import PowerDevice
 from appliance.node.client_session import ClientSession
 from appliance.node.config import (
@@ -246,7 +245,7 @@ class Agent:
             stop.set()
 
         driver.on_failure = failed
-        self.hw = NodeHardware(cfg, me, engine, driver.poke, driver.healthy, self._fence_record)
+        self.hw = NodeHardware(cfg, me, engine, driver.poke, driver.healthy)
         self.snapshots = SnapshotChannel.for_node(cfg, me, engine, self.key, driver.poke)
         try:
             server = await asyncio.start_server(self._serve, me.address, me.client_port)
@@ -370,10 +369,6 @@ class Agent:
 
     async def power_with(self, dev: PowerDevice, target: NodeConfig, action: str) -> bool:
         return await self.hw.power_with(dev, target, action)
-
-    def _fence_record(self, record: FenceRecord) -> None:
-        """Every fence's final record (after the power-on of a power-cycle), for the log."""
-        self._log("%s", record.describe())
 
     async def _fence(self, node_id: int) -> None:
         target = self.cfg.node_by_id(node_id)

@@ -50,8 +50,9 @@ class NodeHardware:
         engine: NodeEngine,
         poke: Callable[[], None],
         healthy: Callable[[], bool],
-        on_record: Callable[[FenceRecord], None],
+        on_record: Callable[[FenceRecord], None] | None = None,
     ) -> None:
+        """``on_record``: every fence's final record (the fencer logs each one itself)."""
         self.cfg = cfg
         self.me = me
         self.engine = engine
