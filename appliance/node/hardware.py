@@ -25,6 +25,7 @@ from appliance.hw.leds import StatusLed
 from appliance.hw.power import PowerDevice, PowerDeviceError
 from appliance.node.config import ClusterConfig, NodeConfig
 from appliance.protocols.engine import NodeEngine
+from appliance.protocols.failure_detector import WireState
 from appliance.protocols.messages import Role
 
 __all__ = ["NodeHardware"]
@@ -58,6 +59,7 @@ class NodeHardware:
         self.engine = engine
         self.poke = poke
         ids = {n.name: n.id for n in cfg.nodes}
+        self.names = {n.id: n.name for n in cfg.nodes}
         factory = _pin_factory(me) if me.heartbeat_out_pin or me.heartbeat_in else None
 
         def wire_changed(change: WireChange) -> None:
@@ -68,7 +70,7 @@ class NodeHardware:
             me, cfg.timing, on_change=wire_changed, pin_factory=factory
         )
         self.out = HeartbeatOut.for_node(me, cfg.timing, healthy=healthy, pin_factory=factory)
-        health = HealthCheck.for_node(me, self.wires.states if self.wires else None)
+        health = HealthCheck.for_node(me, self._member_wires if self.wires else None)
         self.fencer = Fencer(
             cfg,
             me,
@@ -78,6 +80,18 @@ class NodeHardware:
             pin_factory=factory,
         )
         self.led = StatusLed(me.status_led_pin) if me.status_led_pin is not None else None
+
+    def _member_wires(self) -> dict[str, WireState]:
+        """The wires of the peers still in this node's view: the ones that can vouch for its
+        health. A node fenced earlier is off, so its flat wire says nothing about this node;
+        counting it would leave the last survivor of two failures unable to fence, forever."""
+        assert self.wires is not None
+        states = self.wires.states()
+        view = self.engine.member.view
+        if view is None:
+            return states
+        members = {self.names[n] for n in view.nodes}
+        return {peer: s for peer, s in states.items() if peer in members}
 
     def start(self) -> None:
         """Start sampling and toggling (from the loop)."""
