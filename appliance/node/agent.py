@@ -370,6 +370,11 @@ class Agent:
     async def power_with(self, dev: PowerDevice, target: NodeConfig, action: str) -> bool:
         return await self.hw.power_with(dev, target, action)
 
+    def fence_history(self) -> list[dict[str, object]]:
+        """The latest fences this node ran (who, whom, device, result, durations), oldest
+        first, for ``appliance status``."""
+        return [{**r.as_dict(), "summary": r.describe()} for r in self.hw.fencer.records]
+
     async def _fence(self, node_id: int) -> None:
         target = self.cfg.node_by_id(node_id)
         record = await self.hw.fence(target)

@@ -281,6 +281,7 @@ class ControlServer:
             peers=peers,
             dropped=dropped,
             accepted=s["accepted"],
+            fences=agent.fence_history(),
         )
 
     def on_event(self, ev: Event) -> None:
@@ -492,6 +493,10 @@ def format_status(s: Mapping[str, Any]) -> str:
         + (", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none")
         + f"  (accepted {s['accepted']})",
     ]
+    fences = s.get("fences") or []
+    if fences:
+        lines += ["", "  recent fences (newest last)"]
+        lines += [f"  {f.get('summary', f)}" for f in fences[-5:]]
     return "\n".join(lines)
 
 

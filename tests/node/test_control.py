@@ -85,6 +85,9 @@ class FakeAgent:
     def log_event(self, what: str, *args: object) -> None:
         self.logged.append(what % args)
 
+    def fence_history(self) -> list[dict[str, object]]:
+        return [{"target": "n2", "result": "fenced", "summary": "fence of n2 by n1: fenced"}]
+
     async def power(self, target: NodeConfig, action: str) -> CommandFence | None:
         dev = target.fence[0]
         assert isinstance(dev, CommandFence)
@@ -150,6 +153,7 @@ def test_status_reports_the_engines_view(short_dir: Path) -> None:
     assert s["node"] == {"name": "n1", "id": 1, "incarnation": 7}
     assert s["role"] == "joining" and s["rank"] is None and s["view"] is None
     assert s["members"] == [] and s["handover"] is None
+    assert s["fences"][0]["target"] == "n2" and "fenced" in format_status(s)
     assert set(s["replication"]) >= {
         "delivered",
         "commit",
