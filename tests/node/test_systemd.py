@@ -246,8 +246,13 @@ def test_pinger_does_not_burst_after_a_stall(systemd: FakeSystemd) -> None:
         loop = asyncio.get_running_loop()
         pinger = WatchdogPinger(SystemdNotifier(), 0.05)
         pinger.start()
-        await asyncio.sleep(0.01)
-        time.sleep(0.3)  # the loop is stuck: the pings the stall swallowed are gone
+        while not systemd.drain():  # pinging while the loop runs
+            await asyncio.sleep(0.01)
+        sent = len(systemd.drain())
+        time.sleep(0.3)  # the loop is stuck: six ping slots pass
+        # Not one ping while the loop stood still (pings come from the loop, no side thread),
+        # so systemd's watchdog sees exactly what a hung agent looks like.
+        assert len(systemd.drain()) == sent
         before = pinger.pings
         await asyncio.sleep(0.06)
         assert pinger.pings - before <= 2
