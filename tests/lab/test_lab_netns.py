@@ -10,19 +10,16 @@ connected must never notice (redis-py's own retries are off, so nothing is hidde
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from appliance.lab.netns import LabNetwork, available
 from tests.lab.test_lab_processes import lab, status
 from tests.node.test_agent import wait_for
+from tests.writer import Writer
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
@@ -34,34 +31,6 @@ def lab_dir(tmp_path: Path) -> Iterator[Path]:
         yield d
     finally:
         lab(d, "down", check=False)
-
-
-class Writer(threading.Thread):
-    """SET and INCR through one node until stopped; every command must succeed."""
-
-    def __init__(self, host: str, port: int, counter: str) -> None:
-        super().__init__(daemon=True)
-        self.r = redis.Redis(host=host, port=port, socket_timeout=10, retry=Retry(NoBackoff(), 0))
-        self.counter = counter
-        self.acked: dict[str, str] = {}
-        self.incrs = 0
-        self.problems: list[str] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.halt.is_set():
-            i += 1
-            try:
-                if self.r.set(f"{self.counter}:{i}", str(i)):
-                    self.acked[f"{self.counter}:{i}"] = str(i)
-                self.incrs += 1
-                got = self.r.incr(self.counter)
-                if got != self.incrs:
-                    self.problems.append(f"INCR #{self.incrs} returned {got}")
-            except (redis.RedisError, OSError) as e:
-                self.problems.append(repr(e))
-                return
 
 
 def formed_without(lab_dir: Path, node: str) -> dict[str, Any] | None:
@@ -82,14 +51,7 @@ def all_back(lab_dir: Path) -> dict[str, Any] | None:
 
 
 def check(writer: Writer, snap: dict[str, Any]) -> None:
-    assert writer.problems == []
-    keys = list(writer.acked)
-    for n in snap["nodes"]:
-        r = redis.Redis(host=n["client_host"], port=n["client_port"], socket_timeout=10)
-        for i in range(0, len(keys), 50):
-            batch = keys[i : i + 50]
-            assert r.mget(batch) == [writer.acked[k].encode() for k in batch], n["name"]
-        assert r.get(writer.counter) == str(writer.incrs).encode(), n["name"]
+    writer.check([(n["client_host"], n["client_port"]) for n in snap["nodes"]])
 
 
 def test_network_faults_in_namespaces(lab_dir: Path) -> None:
@@ -105,7 +67,7 @@ def test_network_faults_in_namespaces(lab_dir: Path) -> None:
             # pull-network: the primary's cable; partition: the last backup is cut off.
             victim = primary if fault == "pull-network" else backups[-1]
             client = next(n for n in snap["nodes"] if n["name"] not in (primary, victim))
-            writer = Writer(client["client_host"], client["client_port"], f"c-{fault}")
+            writer = Writer([(client["client_host"], client["client_port"])], f"c-{fault}")
             writer.start()
             wait_for("writes", lambda w=writer: w.incrs > 20 or None, 20)
             if fault == "pull-network":
@@ -121,18 +83,16 @@ def test_network_faults_in_namespaces(lab_dir: Path) -> None:
                 lab(lab_dir, "heal")
             snap = wait_for(f"{victim} back as a backup", lambda: all_back(lab_dir), 40)
             assert {n["name"]: n["role"] for n in snap["nodes"]}[victim] == "backup"
-            writer.halt.set()
-            writer.join(15)
+            writer.finish()
             check(writer, snap)
 
         lab(lab_dir, "loss", "20")
         assert all(count == 1 for count in net.rules().values())
         client = snap["nodes"][0]
-        writer = Writer(client["client_host"], client["client_port"], "c-loss")
+        writer = Writer([(client["client_host"], client["client_port"])], "c-loss")
         writer.start()
         wait_for("writes through 20% loss", lambda: writer.incrs > 100 or None, 60)
-        writer.halt.set()
-        writer.join(15)
+        writer.finish()
         lab(lab_dir, "heal")
         assert all(count == 0 for count in net.rules().values())
         check(writer, wait_for("the cluster after the loss", lambda: all_back(lab_dir), 30))

@@ -18,7 +18,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from appliance.node.config import default_cluster_id
 from appliance.protocols.wire import Datagram, Header, MessageType
 from appliance.protocols.wire.datagram import encode as encode_datagram
 from tests.node.test_agent import NAMES, Cluster, Node, formed, wait_for, write_config
+from tests.writer import Writer
 
 
 def info(node: Node) -> dict[str, object]:
@@ -61,50 +61,8 @@ def three(tmp_path: Path) -> Iterator[Cluster]:
         c.stop_all()
 
 
-class Writer(threading.Thread):
-    """Sequential SETs and INCRs round-robin through every node; records what was acknowledged.
-
-    Clients stay connected to live nodes through a failover, so every command must complete
-    (none is lost or refused) and every INCR must be applied exactly once: the counter ends
-    equal to the number of INCRs acknowledged.
-    """
-
-    def __init__(self, nodes: list[Node]) -> None:
-        super().__init__(daemon=True)
-        self.nodes = nodes
-        self.acked: dict[str, str] = {}
-        self.incrs = 0
-        self.wrong: list[tuple[int, int]] = []
-        self.errors = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        clients = [n.client(timeout=5) for n in self.nodes]
-        i = 0
-        while not self.stop.is_set():
-            key, value = f"w{i}", f"v{i}"
-            r = clients[i % len(clients)]
-            try:
-                if r.set(key, value):
-                    self.acked[key] = value
-                got = r.incr("counter")
-                self.incrs += 1
-                if got != self.incrs:
-                    self.wrong.append((self.incrs, got))  # applied twice, or lost
-            except (redis.RedisError, OSError):
-                self.errors += 1  # unknown outcome: neither counted as acked nor as lost
-                return
-            i += 1
-
-    def check(self, nodes: list[Node]) -> None:
-        assert self.errors == 0 and self.wrong == []
-        for n in nodes:
-            r = n.client()
-            keys = list(self.acked)
-            for i in range(0, len(keys), 50):  # a request must fit one datagram
-                batch = keys[i : i + 50]
-                assert r.mget(batch) == [self.acked[k].encode() for k in batch], n.name
-            assert r.get("counter") == str(self.incrs).encode(), n.name
+def targets(nodes: list[Node]) -> list[tuple[str, int]]:
+    return [("127.0.0.1", n.port) for n in nodes]
 
 
 def hostile_datagrams(captured: list[bytes], cluster_id: int, rng: random.Random) -> list[bytes]:
@@ -127,7 +85,7 @@ def test_hostile_datagrams_are_counted_and_lose_nothing(three: Cluster) -> None:
     cfg = tomllib.loads(three.config.read_text())
     group, port = cfg["network"]["multicast_group"], cfg["network"]["port"]
     nodes = list(three.nodes.values())
-    writer = Writer(nodes)
+    writer = Writer(targets(nodes))
     writer.start()
     try:
         # Capture some of the cluster's own traffic, to replay and tamper with.
@@ -161,10 +119,9 @@ def test_hostile_datagrams_are_counted_and_lose_nothing(three: Cluster) -> None:
             assert str(fields["node"]) == str(nodes.index(n) + 1)  # each node's own section
         wait_for("more writes", lambda: len(writer.acked) > 100 or None, 20)
     finally:
-        writer.stop.set()
-        writer.join(10)
+        writer.finish()
     try:
-        writer.check(nodes)
+        writer.check(targets(nodes))
     except BaseException:
         print(three.logs(), file=sys.stderr)
         raise
@@ -188,7 +145,7 @@ def test_frozen_primary_is_fenced_replaced_and_never_primary_again(tmp_path: Pat
             cluster.start(name)
         old = wait_for("all three nodes in one view", lambda: formed(cluster), 30)
         others = [n for n in nodes.values() if n is not old]
-        writer = Writer(others)
+        writer = Writer(targets(others))
         writer.start()
         wait_for("writes", lambda: len(writer.acked) > 20 or None, 10)
         assert old.proc is not None
@@ -212,8 +169,7 @@ def test_frozen_primary_is_fenced_replaced_and_never_primary_again(tmp_path: Pat
         wait_for(
             "writes after the thaw", lambda: len(writer.acked) > acked_before_thaw + 50 or None, 20
         )
-        writer.stop.set()
-        writer.join(10)
+        writer.finish()
         # Never primary again: its log shows no second PRIMARY role after the freeze, and the
         # new primary kept its role throughout.
         old_log = (tmp_path / f"{old.name}.log").read_text()
@@ -224,14 +180,14 @@ def test_frozen_primary_is_fenced_replaced_and_never_primary_again(tmp_path: Pat
         fenced = {line.split()[0] for line in fence_log.read_text().splitlines()}
         assert fenced == {old.name}, fence_log.read_text()
         assert info(new).get("llft_role") == "primary"
-        writer.check(list(nodes.values()))
+        writer.check(targets(list(nodes.values())))
         assert took < 10
     except BaseException:
         print(cluster.logs(), file=sys.stderr)
         raise
     finally:
         if writer is not None:
-            writer.stop.set()
+            writer.halt.set()
         for n in nodes.values():
             if n.proc is not None and n.proc.poll() is None:
                 n.proc.send_signal(signal.SIGCONT)
