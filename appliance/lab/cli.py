@@ -394,19 +394,6 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_outlet(args: argparse.Namespace) -> int:
-    """Switch one outlet of the lab's power strip by hand: ``lab outlet NODE off|on``."""
-    state = running_state(args.dir)
-    node = state.node(args.node)
-    action = {"off": "Off", "on": "On", "cycle": None}.get(args.action)
-    if action is None:
-        raise LabError(f"outlet action {args.action!r}: expected off or on")
-    reply = strip_command(state, f"Power{node.id} {action}")
-    if reply.get(f"POWER{node.id}") != action.upper():
-        raise LabError(f"the power strip answered {reply} to Power{node.id} {action}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from appliance.lab.demo import report, run_demo
 
@@ -508,8 +495,6 @@ def parser() -> argparse.ArgumentParser:
     add("freeze", cmd_freeze, "SIGSTOP a node's agent (a timing fault)", node=True)
     add("thaw", cmd_thaw, "SIGCONT a frozen node's agent", node=True)
     add("down", cmd_down, "stop the lab and everything in it")
-    out = add("outlet", cmd_outlet, "switch a node's outlet on the power strip", node=True)
-    out.add_argument("action", help="off or on")
     demo = add("demo", cmd_demo, "scripted failover demonstration (what make demo runs)")
     demo.set_defaults(dir=default_dir().with_name(default_dir().name + "-demo"))
     demo.add_argument("--nodes", type=int, default=3)

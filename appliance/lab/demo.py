@@ -14,6 +14,7 @@ import itertools
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -102,8 +103,7 @@ def _first(events: list[tuple[float, str]], pattern: str) -> tuple[float, str] |
     return next(((t, text) for t, text in events if rx.search(text)), None)
 
 
-def _wait(what: str, check: object, timeout: float) -> None:
-    assert callable(check)
+def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -112,10 +112,13 @@ def _wait(what: str, check: object, timeout: float) -> None:
 
 
 def run_demo(
-    lab_dir: Path, state: LabState, primary: str, say: object = print, network: bool = False
+    lab_dir: Path,
+    state: LabState,
+    primary: str,
+    say: Callable[[str], None] = print,
+    network: bool = False,
 ) -> DemoResult:
     """Pull the primary's power (or, ``network``, its network cable) under a writing client."""
-    assert callable(say)
     from appliance.lab.cli import snapshot, strip_command  # the lab CLI's own views
     from appliance.lab.netns import LabNetwork
 

@@ -47,19 +47,10 @@ def _digest(d: Path) -> int:
     return int.from_bytes(hashlib.sha256(str(d.resolve()).encode()).digest()[:8], "big")
 
 
-def _tcp_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def _free(kind: socket.SocketKind, host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
         try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _udp_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("0.0.0.0", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
@@ -97,7 +88,8 @@ class LabLayout:
                 *range(base + 2, base + 2 + nodes),
                 *range(base + 2 + MAX_NODES, base + 2 + MAX_NODES + nodes),
             ]
-            if all(_tcp_free(p) for p in tcp) and _udp_free(base + 1):
+            tcp_free = all(_free(socket.SOCK_STREAM, "127.0.0.1", p) for p in tcp)
+            if tcp_free and _free(socket.SOCK_DGRAM, "0.0.0.0", base + 1):
                 names = [f"n{i}" for i in range(1, nodes + 1)]
                 net = LabNetwork.for_lab(lab_dir, names) if netns else None
                 return cls(lab_dir, nodes, base, base + 1, group, replication, net)
@@ -219,8 +211,6 @@ class NodeState:
     """``"on"`` or ``"off"``."""
     exit_code: int | None = None
     """The agent's exit status if it stopped on its own while powered (a crash)."""
-    network: str = "up"
-    """``"up"`` or ``"down"`` (netns: the node's cable pulled)."""
 
 
 @dataclass(slots=True)

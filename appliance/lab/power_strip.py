@@ -77,7 +77,6 @@ class Outlet:
     def state(self) -> NodeState:
         proc = self.proc
         exit_code = proc.poll() if proc is not None else None
-        net = self.layout.network
         return NodeState(
             self.name,
             self.id,
@@ -86,7 +85,6 @@ class Outlet:
             proc.pid if proc is not None else None,
             "on" if proc is not None else "off",
             exit_code,
-            "up" if net is None or net.link_up(self.name) else "down",
         )
 
     def on(self) -> None:

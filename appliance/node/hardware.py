@@ -60,7 +60,7 @@ class NodeHardware:
         self.poke = poke
         ids = {n.name: n.id for n in cfg.nodes}
         self.names = {n.id: n.name for n in cfg.nodes}
-        factory = _pin_factory(me) if me.heartbeat_out_pin or me.heartbeat_in else None
+        factory = _pin_factory(me)
 
         def wire_changed(change: WireChange) -> None:
             engine.wire_observed(ids[change.peer], change.state, change.at)

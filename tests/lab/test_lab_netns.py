@@ -10,27 +10,17 @@ connected must never notice (redis-py's own retries are off, so nothing is hidde
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from appliance.lab.netns import LabNetwork, available
-from tests.lab.test_lab_processes import lab, status
+from tests.lab.labcli import lab, status
 from tests.node.test_agent import wait_for
 from tests.writer import Writer
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
-
-
-@pytest.fixture
-def lab_dir(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "lab"
-    try:
-        yield d
-    finally:
-        lab(d, "down", check=False)
 
 
 def formed_without(lab_dir: Path, node: str) -> dict[str, Any] | None:

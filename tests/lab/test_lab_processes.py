@@ -8,31 +8,15 @@ present on every node. ``down`` must leave no process behind.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.lab.labcli import lab, status
 from tests.node.test_agent import wait_for
 from tests.writer import Writer
-
-
-def lab(lab_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "appliance", "lab", *args, "--dir", str(lab_dir)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
-    return p
-
-
-def status(lab_dir: Path) -> dict[str, Any]:
-    snap: dict[str, Any] = json.loads(lab(lab_dir, "status", "--json").stdout)
-    return snap
 
 
 def alive(pid: int) -> bool:
@@ -41,15 +25,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-@pytest.fixture
-def lab_dir(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "lab"
-    try:
-        yield d
-    finally:
-        lab(d, "down", check=False)
 
 
 def one_primary_formed(lab_dir: Path, not_node: str) -> dict[str, Any] | None:

@@ -147,13 +147,18 @@ class Cluster:
         )
 
 
+def write_key(tmp_path: Path) -> None:
+    """A fresh cluster key, mode 0600, as ``cluster.key`` beside the cluster file."""
+    key = tmp_path / "cluster.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    key.chmod(0o600)
+
+
 def write_config(
     tmp_path: Path, names: tuple[str, ...] = NAMES, clients: tuple[str, ...] = ()
 ) -> tuple[Path, dict[str, Node]]:
     """A cluster file for ``names`` on loopback; ``clients``: extra ``[clients]`` lines."""
-    key = tmp_path / "cluster.key"
-    key.write_text(os.urandom(32).hex() + "\n")
-    key.chmod(0o600)
+    write_key(tmp_path)
     fence = tmp_path / "fence.py"
     fence.write_text(FENCE_SCRIPT.format(dir=str(tmp_path)))
     nodes = {name: Node(name, free_port()) for name in names}

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from appliance.node.config import default_cluster_id
 from appliance.protocols.wire import Datagram, Header, MessageType
@@ -36,16 +35,6 @@ from tests.writer import Writer
 def info(node: Node) -> dict[str, object]:
     fields: dict[str, object] = node.client(timeout=1).info("replication")
     return fields
-
-
-def primary_of(cluster: Cluster) -> Node | None:
-    for n in cluster.nodes.values():
-        try:
-            if info(n).get("llft_role") == "primary":
-                return n
-        except (redis.RedisError, OSError):
-            continue
-    return None
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ Each node's role is read from its own control channel, which answers without a p
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sys
@@ -28,16 +27,14 @@ import pytest
 
 from appliance.node.control import ControlError, request
 from tests.hw.plugs import PlugState, plug_server
-from tests.node.test_agent import Cluster, Node, free_port, wait_for
+from tests.node.test_agent import Cluster, Node, free_port, wait_for, write_key
 
 NAMES = ("n1", "n2", "n3")
 WIRE_OUT = 4
 
 
 def write_config(tmp_path: Path, plug: str) -> tuple[Path, dict[str, Node]]:
-    key = tmp_path / "cluster.key"
-    key.write_text(os.urandom(32).hex() + "\n")
-    key.chmod(0o600)
+    write_key(tmp_path)
     nodes = {name: Node(name, free_port()) for name in NAMES}
     lines = [
         "[cluster]",
