@@ -189,6 +189,15 @@ class LabLayout:
                 + " }",
                 'fence_action = "power-cycle"',
                 "off_hold_ms = 500",
+                *(
+                    [
+                        "# The lab's witness (a host address on the bridge): only a majority",
+                        "# side of a partition reaches it, and only a node that does may fence.",
+                        f'witness = "{self.network.witness_address}"',
+                    ]
+                    if self.network is not None
+                    else []
+                ),
                 "[[nodes.fence]]",
                 "# The emulated power strip's outlet for this node (Tasmota HTTP API).",
                 'type = "tasmota"',

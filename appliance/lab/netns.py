@@ -70,6 +70,18 @@ class LabNetwork:
     def host_address(self) -> str:
         return f"{self.subnet}.1"
 
+    @property
+    def witness_address(self) -> str:
+        """A second host address on the bridge, the nodes' fencing witness.
+
+        It plays the LAN gateway of a real cluster: a node fences only while it reaches it.
+        ``partition`` cuts it off from every side without a strict majority, so an isolated
+        primary cannot fence the healthy majority through the power strip (which, being the
+        out-of-band power network, both sides still reach). Nothing listens on it: a refused
+        connection (an RST from the host) is the proof of reachability the check asks for.
+        """
+        return f"{self.subnet}.2"
+
     def address(self, name: str) -> str:
         return f"{self.subnet}.{10 + self.names.index(name) + 1}"
 
@@ -89,6 +101,7 @@ class LabNetwork:
         self.teardown()
         _run("ip", "link", "add", self.bridge, "type", "bridge")
         _run("ip", "addr", "add", f"{self.host_address}/24", "dev", self.bridge)
+        _run("ip", "addr", "add", f"{self.witness_address}/24", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
         for name in self.names:
             ns, veth = self.namespace(name), self.host_veth(name)
@@ -143,7 +156,8 @@ class LabNetwork:
             _run(*self.exec_prefix(name), "iptables", "-F", CHAIN)
 
     def partition(self, groups: list[list[str]]) -> None:
-        """Each node hears only the nodes of its own group (and the host)."""
+        """Each node hears only the nodes of its own group (and the host); only a group with a
+        strict majority of the nodes still reaches the witness."""
         known = set(self.names)
         for g in groups:
             for n in g:
@@ -164,6 +178,17 @@ class LabNetwork:
                         "-j",
                         "DROP",
                     )
+            if 2 * len(groups[side[name]] if name in side else [name]) <= len(self.names):
+                _run(
+                    *self.exec_prefix(name),
+                    "iptables",
+                    "-A",
+                    CHAIN,
+                    "-s",
+                    self.witness_address,
+                    "-j",
+                    "DROP",
+                )
 
     def loss(self, percent: float) -> None:
         """Drop ``percent`` % of every node's input (0 clears it; partitions are cleared too)."""
