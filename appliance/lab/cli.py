@@ -412,6 +412,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_torture(args: argparse.Namespace) -> int:
+    from appliance.lab.torture.cli import torture
+
+    return torture(args)
+
+
 def _network(args: argparse.Namespace) -> tuple[LabState, netns.LabNetwork]:
     state = running_state(args.dir)
     if state.mode != "netns":
@@ -502,6 +508,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--replication", choices=[s.value for s in Style], default=Style.SEMI_ACTIVE.value
     )
+    from appliance.lab.torture.cli import add_arguments
+
+    add_arguments(add("torture", cmd_torture, "a seeded fault run with clients and checkers"))
     add("pull-network", cmd_pull_network, "pull a node's network cable (netns)", node=True)
     add("plug-network", cmd_plug_network, "plug it back in (netns)", node=True)
     part = add("partition", cmd_partition, "split the network, e.g. partition n1 n2,n3 (netns)")
