@@ -52,6 +52,7 @@ def simulate(
     """A linearizable history of ``ops`` ops on ``key`` by ``processes`` concurrent clients."""
     clocks = [rng.random() for _ in range(processes)]
     planned: list[tuple[float, int, Op]] = []  # (effect instant, serial, op without result)
+    never: list[Op] = []  # unknown writes that did not take effect
     kinds = [OpKind.GET] * mix.get + [OpKind.SET] * mix.set + [OpKind.INCR] * mix.incr
     for serial in range(ops):
         p = rng.randrange(processes)
@@ -73,7 +74,8 @@ def simulate(
             op = replace(op, complete=None)
             clocks[p] = complete  # the client gave up then and moved on
             if rng.random() < 0.5:
-                continue  # never took effect
+                never.append(op)  # never took effect
+                continue
             instant = rng.uniform(invoke, invoke + mix.late * (complete - invoke))
         elif outcome is Outcome.FAIL:
             planned.append((complete, serial, op))
@@ -83,7 +85,7 @@ def simulate(
         planned.append((instant, serial, op))
     planned.sort(key=lambda t: (t[0], t[1]))
     state: str | None = None
-    history = []
+    history = never
     for _, _, op in planned:
         if op.outcome is Outcome.FAIL:
             history.append(op)
@@ -96,7 +98,8 @@ def simulate(
         else:
             n = parse_int(state)
             if n is None:  # INCR of a non-integer: Redis refuses it, nothing changes
-                history.append(replace(op, outcome=Outcome.FAIL, complete=op.complete or op.invoke))
+                refused = op.outcome is Outcome.OK  # the client saw the error (or timed out)
+                history.append(replace(op, outcome=Outcome.FAIL, result=None) if refused else op)
                 continue
             state = str(n + 1)
             history.append(op if op.outcome is Outcome.UNKNOWN else replace(op, result=n + 1))

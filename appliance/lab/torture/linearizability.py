@@ -26,6 +26,12 @@ through such a read, and the same holds, during the search, of one whose readers
 placed), and among unknown writes with the same effect only the earliest-invoked
 one is tried at each step (the others would lead to the same states).
 
+A read that fits where it is tried is never worth trying later instead (it changes nothing,
+and everything after it stays possible without it), so when the search backtracks over such a
+read it gives up that whole step; this keeps a violation cheap to find even thousands of ops
+into a history. Workloads should write unique values: an unknown write of a value written
+again later may explain any later read of it, which is correct but costly to rule out.
+
 The search is bounded: past a node budget (or an optional time budget) it gives up and says so
 as a verdict of its own, rather than hanging the run that called it.
 """
@@ -36,6 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from appliance.lab.torture.history import History, Op, OpKind, Outcome
 
@@ -48,7 +55,7 @@ __all__ = [
     "check_key",
 ]
 
-DEFAULT_NODE_BUDGET = 2_000_000
+DEFAULT_NODE_BUDGET = 1_000_000
 """Ops tried before giving up: a few seconds of search, far beyond what a sane history needs."""
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -207,7 +214,7 @@ class _Frame:
 def _prepare(ops: Iterable[Op]) -> tuple[list[Op], int]:
     """The ops the search works on, and how many ops the key had in all."""
     ops = list(ops)
-    has_incr = any(op.kind is OpKind.INCR for op in ops)
+    has_incr = any(op.kind is OpKind.INCR and op.outcome is not Outcome.FAIL for op in ops)
     read = {op.result for op in ops if op.kind is OpKind.GET and op.outcome is Outcome.OK}
     kept = []
     for op in ops:
@@ -230,10 +237,16 @@ def check_key(
     node_budget: int = DEFAULT_NODE_BUDGET,
     time_budget: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    algorithm: str = "wgl",
 ) -> KeyVerdict:
     """Whether the ops of one key are linearizable from ``initial`` (None: the key absent).
 
     ``clock`` only measures the search for the report and enforces ``time_budget`` seconds.
+    ``algorithm`` is ``"wgl"`` (the default: Lowe's memoized backtracking search) or
+    ``"jit"`` (a sweep through time keeping every possible configuration, which finds a
+    violation where it happens without searching the past again, but handles many values
+    written repeatedly worse); both give the same verdict within budget, and the tests hold
+    them to it.
     """
     all_ops = list(ops)
     keys = {op.key for op in all_ops}
@@ -242,9 +255,11 @@ def check_key(
     name = key if key is not None else next(iter(keys), "")
     if initial is not None and not isinstance(initial, str):
         raise ValueError(f"the initial state is a string or None, got {initial!r}")
+    if algorithm not in _ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}, pick one of {sorted(_ALGORITHMS)}")
     kept, total = _prepare(all_ops)
     start = clock()
-    search = _Search(kept, initial, node_budget, time_budget, clock, start)
+    search = _ALGORITHMS[algorithm](kept, initial, node_budget, time_budget, clock, start)
     result = search.run()
     elapsed = clock() - start
     if result is Linearizability.LINEARIZABLE:
@@ -270,6 +285,7 @@ def check_history(
     node_budget: int = DEFAULT_NODE_BUDGET,
     time_budget: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    algorithm: str = "wgl",
 ) -> Verdict:
     """Check every key on its own; ``initial`` gives keys that did not start absent.
 
@@ -288,6 +304,7 @@ def check_history(
                 node_budget=node_budget,
                 time_budget=time_budget,
                 clock=clock,
+                algorithm=algorithm,
             )
             for k in sorted(by_key)
         }
@@ -402,7 +419,7 @@ class _Search:
                 self.nodes += 1
                 if self.nodes > self.node_budget or (
                     self.deadline is not None
-                    and self.nodes % 4096 == 0
+                    and self.nodes % 256 == 0
                     and self.clock() > self.deadline
                 ):
                     self._record(top, depth, state, entry)
@@ -440,22 +457,29 @@ class _Search:
             else:  # a completion whose op is not placed: this path is dead, backtrack
                 if depth > self.best_depth:
                     self._record(top, depth, state, entry)
-                if top is None:
-                    return Linearizability.NOT_LINEARIZABLE
-                call = top.call
-                state, top, depth = top.state, top.parent, depth - 1
-                tried_twins = stack_twins.pop()
-                linearized &= ~(1 << call.id)
-                placed -= call.match is not None
-                undone = call.op
-                if track and undone is not None and undone.kind is OpKind.GET:
-                    unread = undone.result
-                    if isinstance(unread, str):
-                        if readers[unread] == 0:
-                            dead &= ~unknown_sets.get(unread, 0)
-                        readers[unread] += 1
-                self._unlift(call)
-                entry = call.next
+                while True:
+                    if top is None:
+                        return Linearizability.NOT_LINEARIZABLE
+                    call = top.call
+                    state, top, depth = top.state, top.parent, depth - 1
+                    tried_twins = stack_twins.pop()
+                    linearized &= ~(1 << call.id)
+                    placed -= call.match is not None
+                    undone = call.op
+                    assert undone is not None
+                    if track and undone.kind is OpKind.GET:
+                        unread = undone.result
+                        if isinstance(unread, str):
+                            if readers[unread] == 0:
+                                dead &= ~unknown_sets.get(unread, 0)
+                            readers[unread] += 1
+                    self._unlift(call)
+                    entry = call.next
+                    # A read that fit where it was placed could not hurt there: placing it
+                    # later instead can only do worse (it changes nothing, and everything
+                    # after it stays possible without it). So its failure fails the level.
+                    if undone.kind is not OpKind.GET:
+                        break
         return Linearizability.LINEARIZABLE
 
     def _record(self, top: _Frame | None, depth: int, state: State, stop: _Entry) -> None:
@@ -484,3 +508,201 @@ class _Search:
             ops.append(frame.call.op)
             frame = frame.parent
         return tuple(reversed(ops))
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """A linearization so far, newest op first; configurations share their common past."""
+
+    op: Op
+    parent: _Chain | None
+
+
+class _Frontier:
+    """The just-in-time search: every configuration the history can be in, swept through time.
+
+    A configuration is the register's state and which still-pending ops are already
+    linearized. An invocation only makes its op pending. At a completion every configuration
+    must contain that op: those that do not are extended by linearizing pending ops until it
+    is placed, and those that cannot be extended die. When none survives, the history is not
+    linearizable at exactly that completion, so a violation costs no more to find than a
+    clean run: nothing already swept is searched again.
+    """
+
+    def __init__(
+        self,
+        ops: list[Op],
+        initial: State,
+        node_budget: int,
+        time_budget: float | None,
+        clock: Callable[[], float],
+        start: float,
+    ) -> None:
+        self.ops = ops
+        self.initial = initial
+        self.node_budget = node_budget
+        self.deadline = None if time_budget is None else start + time_budget
+        self.clock = clock
+        self.nodes = 0
+        self.best_chain: _Chain | None = None
+        self.best_state: State = initial
+        self.best_blocked: Op | None = None
+        self.best_unplaceable: tuple[Op, ...] = ()
+        twins: dict[tuple[OpKind, str | None], int] = {}
+        self.twin = [
+            twins.setdefault((op.kind, op.value), len(twins))
+            if op.outcome is Outcome.UNKNOWN
+            else -1
+            for op in ops
+        ]
+
+    def best_prefix(self) -> tuple[Op, ...]:
+        ops = []
+        chain = self.best_chain
+        while chain is not None:
+            ops.append(chain.op)
+            chain = chain.parent
+        return tuple(reversed(ops))
+
+    def run(self) -> Linearizability:
+        ops = self.ops
+        events = [(op.invoke, 0, i) for i, op in enumerate(ops)]
+        events += [
+            (op.complete, 1, i)
+            for i, op in enumerate(ops)
+            if op.complete is not None and op.outcome is Outcome.OK  # unknown: never completes
+        ]
+        events.sort()  # invocations before completions at equal times: ties overlap
+        incr = any(op.kind is OpKind.INCR for op in ops)
+        readers: dict[str, int] = {}
+        unknown_sets: dict[str, list[int]] = {}
+        if not incr:  # see _Search: an unknown SET of v matters only to reads of v
+            for i, op in enumerate(ops):
+                if op.kind is OpKind.GET and isinstance(op.result, str):
+                    readers[op.result] = readers.get(op.result, 0) + 1
+                elif op.kind is OpKind.SET and op.outcome is Outcome.UNKNOWN:
+                    assert op.value is not None
+                    unknown_sets.setdefault(op.value, []).append(i)
+        slot_of: dict[int, int] = {}  # pending op -> its bit in a configuration
+        free: list[int] = []
+        configs: dict[tuple[State, int], _Chain | None] = {(self.initial, 0): None}
+        for _, completes, i in events:
+            if not completes:
+                op = ops[i]
+                if (
+                    op.outcome is Outcome.UNKNOWN
+                    and op.value in unknown_sets
+                    and not readers.get(op.value, 0)
+                ):
+                    continue  # an unknown SET whose readers are all done: dead already
+                slot = slot_of[i] = free.pop() if free else len(slot_of) + len(free)
+                if op.kind is OpKind.GET:  # a read that fits now is placed now (see _reads)
+                    configs = {
+                        (state, lin | 1 << slot if state == op.result else lin): chain
+                        if state != op.result
+                        else _Chain(op, chain)
+                        for (state, lin), chain in configs.items()
+                    }
+                continue
+            survivors = self._complete(configs, slot_of, i)
+            if survivors is None:
+                return Linearizability.TOO_EXPENSIVE
+            if not survivors:
+                return Linearizability.NOT_LINEARIZABLE
+            configs = survivors
+            done = [i]
+            read = ops[i].result if ops[i].kind is OpKind.GET else None
+            if isinstance(read, str) and read in readers:
+                readers[read] -= 1
+                if readers[read] == 0:  # nobody can observe these writes any more
+                    done += [j for j in unknown_sets.get(read, ()) if j in slot_of]
+            for j in done:
+                bit = 1 << slot_of[j]
+                merged: dict[tuple[State, int], _Chain | None] = {}
+                for (state, lin), chain in configs.items():
+                    merged.setdefault((state, lin & ~bit), chain)
+                configs = merged
+                free.append(slot_of.pop(j))
+        return Linearizability.LINEARIZABLE
+
+    def _complete(
+        self,
+        configs: dict[tuple[State, int], _Chain | None],
+        slot_of: dict[int, int],
+        target: int,
+    ) -> dict[tuple[State, int], _Chain | None] | None:
+        """The configurations with ``target`` linearized; None when out of budget."""
+        ops = self.ops
+        bit = 1 << slot_of[target]
+        pending = sorted(slot_of.items())  # by op index, which is invocation order
+        out: dict[tuple[State, int], _Chain | None] = {}
+        seen: set[tuple[State, int]] = set(configs)
+        work = list(configs.items())
+        while work:
+            (state, lin), chain = work.pop()
+            if lin & bit:
+                out.setdefault((state, lin), chain)
+                continue
+            twins_tried = 0
+            for j, slot in pending:
+                if lin >> slot & 1 or ops[j].kind is OpKind.GET:
+                    continue  # reads that fit are placed already; the others cannot be
+                twin = self.twin[j]
+                if twin >= 0:
+                    if twins_tried >> twin & 1:
+                        continue  # an identical earlier unknown write stands for this one
+                    twins_tried |= 1 << twin
+                self.nodes += 1
+                if self.nodes > self.node_budget or (
+                    self.deadline is not None
+                    and self.nodes % 256 == 0
+                    and self.clock() > self.deadline
+                ):
+                    self._stuck(configs, slot_of, target)
+                    return None
+                fits, after = _step(state, ops[j])
+                if not fits:
+                    continue
+                placed, extended = lin | 1 << slot, _Chain(ops[j], chain)
+                for k, read in pending:  # and the pending reads that fit after it, at once
+                    fits_read = ops[k].kind is OpKind.GET and ops[k].result == after
+                    if fits_read and not placed >> read & 1:
+                        placed, extended = placed | 1 << read, _Chain(ops[k], extended)
+                config = (after, placed)
+                if config in seen:
+                    continue
+                seen.add(config)
+                work.append((config, extended))
+        if not out:
+            self._stuck(configs, slot_of, target)
+        return out
+
+    def _stuck(
+        self,
+        configs: dict[tuple[State, int], _Chain | None],
+        slot_of: dict[int, int],
+        target: int,
+    ) -> None:
+        """Remember where the sweep stopped: one surviving configuration and what was pending."""
+        (state, lin), chain = next(iter(configs.items()))
+        self.best_chain, self.best_state = chain, state
+        self.best_blocked = self.ops[target]
+        self.best_unplaceable = tuple(
+            self.ops[j]
+            for j, slot in sorted(slot_of.items())
+            if j != target and not lin >> slot & 1
+        )
+
+
+class _Algorithm(Protocol):
+    nodes: int
+    best_state: State
+    best_blocked: Op | None
+    best_unplaceable: tuple[Op, ...]
+
+    def run(self) -> Linearizability: ...
+
+    def best_prefix(self) -> tuple[Op, ...]: ...
+
+
+_ALGORITHMS: dict[str, Callable[..., _Algorithm]] = {"jit": _Frontier, "wgl": _Search}
