@@ -140,7 +140,7 @@ class PrimaryInterval:
     def __post_init__(self) -> None:
         if self.end is not None and self.end < self.start:
             raise ValueError(
-                f"{self.node} view {self.view}: ends at {self.end} before {self.start}"
+                f"{self.node} view {self.view}: ends at {self.end} before it starts at {self.start}"
             )
 
 
