@@ -14,6 +14,7 @@ configured touches no GPIO at all, so the agent runs on any machine.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from appliance.hw.leds import StatusLed
 from appliance.hw.power import PowerDevice, PowerDeviceError
 from appliance.node.config import ClusterConfig, NodeConfig
 from appliance.protocols.engine import NodeEngine
-from appliance.protocols.failure_detector import WireState
+from appliance.protocols.failure_detector import Health, WireState
 from appliance.protocols.messages import Role
 
 __all__ = ["NodeHardware"]
@@ -82,16 +83,26 @@ class NodeHardware:
         self.led = StatusLed(me.status_led_pin) if me.status_led_pin is not None else None
 
     def _member_wires(self) -> dict[str, WireState]:
-        """The wires of the peers still in this node's view: the ones that can vouch for its
-        health. A node fenced earlier is off, so its flat wire says nothing about this node;
-        counting it would leave the last survivor of two failures unable to fence, forever."""
+        """The wires of the peers that can vouch for this node's health: those still in its
+        view and not themselves crashed (silent on the network with a flat wire).
+
+        A node fenced earlier is off, so its flat wire says nothing about this node; nor does
+        the wire of a peer that died at the same time as the target. Counting either would leave
+        the last survivor of two failures (one after the other, or both at once) unable to
+        fence, forever: it could then never commit a write again."""
         assert self.wires is not None
         states = self.wires.states()
         view = self.engine.member.view
         if view is None:
             return states
         members = {self.names[n] for n in view.nodes}
-        return {peer: s for peer, s in states.items() if peer in members}
+        now = asyncio.get_running_loop().time()
+        crashed = {
+            self.names[s.node]
+            for s in self.engine.suspicions(now)
+            if s.health is Health.CRASHED and s.node in self.names
+        }
+        return {p: s for p, s in states.items() if p in members and p not in crashed}
 
     def start(self) -> None:
         """Start sampling and toggling (from the loop)."""
