@@ -268,6 +268,7 @@ class ControlServer:
             primary=s["primary"],
             members=[{"id": n, "name": names.get(n, str(n))} for n in members],
             handover=s["handover"],
+            admission=s["admission"],
             ready=agent.ready,
             replication={
                 "delivered": delivered,

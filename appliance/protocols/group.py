@@ -83,7 +83,15 @@ from appliance.protocols.wire.header import Header, OrderRecord
 ConnKey = tuple[int, int]  # (peer group, connection id)
 MAX_PIGGYBACK = 24
 MAX_REPAIR_ENTRIES = 64
+MAX_REPAIR_BURST = 256
+"""Entries one NACK gets back at most. A learner far behind asks again (every few ms) from
+where the repair left it: resending a whole backlog for every NACK would flood the group with
+the same entries, starve the primary and overflow the learner's socket, so a joiner under
+steady load never caught up."""
 NEVER = float("inf")
+CATCH_UP_SLACK = 64
+"""A joiner this many inputs or fewer behind the primary's head may be frozen in: the pause in
+ordering that follows lasts about one round trip."""
 
 
 class Phase(enum.Enum):
@@ -148,6 +156,10 @@ class Admission:
     """Stream transfer: the snapshot the host serves point-to-point."""
     digest: bytes = b""
     installed: bool = False
+    installed_at: float = NEVER
+    progress: tuple[int, float] = (0, -NEVER)
+    """The joiner's highest acknowledged index and when it was first seen: an admission is
+    abandoned only after ``join_timeout`` without progress (or before the snapshot lands)."""
     last_sent: float = -NEVER
     freeze: bool = False
     """Ordering paused until the joiner holds everything delivered (about one round trip)."""
@@ -245,6 +257,7 @@ class GroupMember:
         self.fetch_failures = 0
         self.learning_from: Member | None = None
         self.learning_since = now
+        self.learning_progress = (self.delivered, now)
         self.learning_snapshot = 0
         self.last_install_ack = -NEVER
         self.suspect_since: float | None = None
@@ -702,6 +715,8 @@ class GroupMember:
                 e = self.log.get(i)
                 if e is None:
                     continue
+                if len(found) >= MAX_REPAIR_BURST:
+                    break
                 found.append(e)
                 if (
                     size + len(e.payload) + 40 > self.cfg.batch_bytes
@@ -966,7 +981,8 @@ class GroupMember:
             and adm.joiner == Member(h.src_node, h.incarnation)
             and adm.snapshot_id == body.snapshot_id
         ):
-            adm.installed = True
+            if not adm.installed:
+                adm.installed, adm.installed_at = True, now
             self.acks[h.src_node] = max(self.acks.get(h.src_node, 0), body.delivered)
 
     def _on_state(self, h: Header, body: StateChunk, now: float, from_primary: bool) -> None:
@@ -1045,6 +1061,7 @@ class GroupMember:
         self.fetch = None
         self.learning_from = source
         self.learning_since = now
+        self.learning_progress = (self.delivered, now)
         self.events.append(SnapshotInstalled(index, app))
         self._set_role(Role.LEARNING, f"state from node {source.node} installed at {index}")
         self.learning_snapshot = snapshot_id
@@ -1281,13 +1298,23 @@ class GroupMember:
         if adm is None or self.view is None:
             return
         j = adm.joiner.node
-        if now > adm.started + self.cfg.join_timeout or self._failed(j, now):
+        acked = self.acks.get(j, 0)
+        if adm.installed and acked > adm.progress[0]:
+            adm.progress = (acked, now)
+        if now > max(adm.started, adm.progress[1]) + self.cfg.join_timeout or self._failed(j, now):
             self._end_admission()
         elif adm.installed:
-            if not adm.freeze and self.acks.get(j, 0) >= self.commit:
-                # Caught up with the commit point: pause ordering for the last few entries, so
-                # the joiner holds every input ordered before it becomes a member (a reply the
-                # gateways release on the old view's backups is then held by the joiner too).
+            if not adm.freeze and (
+                acked >= self.commit
+                or acked >= self.delivered - CATCH_UP_SLACK
+                or now >= adm.installed_at + self.cfg.join_timeout / 2
+            ):
+                # Caught up with the commit point (or close to the head, or long enough): pause
+                # ordering for the last few entries, so the joiner holds every input ordered
+                # before it becomes a member (a reply the gateways release on the old view's
+                # backups is then held by the joiner too). The commit point alone is not
+                # enough: a lone primary commits each input as it orders it, so under steady
+                # load a joiner one round trip behind would never reach it and time out.
                 adm.freeze = True
             if (
                 adm.freeze
@@ -1428,9 +1455,12 @@ class GroupMember:
 
     def _tick_learning(self, now: float) -> None:
         src = self.learning_from
+        if self.delivered > self.learning_progress[0]:
+            # Catching up counts as progress: only a learner stuck for join_timeout gives up.
+            self.learning_progress = (self.delivered, now)
         if (
             src is None
-            or now > self.learning_since + self.cfg.join_timeout
+            or now > max(self.learning_since, self.learning_progress[1]) + self.cfg.join_timeout
             or self._failed(src.node, now)
         ):
             self._reset("state transfer did not complete", now)
@@ -1543,6 +1573,22 @@ class GroupMember:
 
     # ------------------------------------------------------------------ status
 
+    def _admission_status(self) -> dict[str, object] | None:
+        """The join in progress on this primary (for ``appliance status``): who, how far."""
+        adm = self.admission
+        if adm is None:
+            return None
+        return {
+            "joiner": adm.joiner.node,
+            "snapshot": adm.snapshot_id,
+            "index": adm.index,
+            "installed": adm.installed,
+            "frozen": adm.freeze,
+            "joiner_acked": self.acks.get(adm.joiner.node, 0),
+            "annexed_upto": self.annexed_upto,
+            "confirming": self.confirming is not None,
+        }
+
     def status(self) -> dict[str, object]:
         return {
             "role": self.role.name.lower(),
@@ -1554,6 +1600,7 @@ class GroupMember:
             "commit": self.commit,
             "log_entries": len(self.log),
             "handover": self.stepdown.phase.value if self.stepdown is not None else None,
+            "admission": self._admission_status(),
             "state_fetches": self.fetches,
             "state_fetch_failures": self.fetch_failures,
             "state_fetch_last_failure": self.last_fetch_failure,

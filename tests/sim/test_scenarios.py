@@ -11,6 +11,7 @@ import pytest
 
 from appliance.protocols.config import StateTransfer
 from appliance.protocols.messages import Role
+from appliance.protocols.replication import Style
 from appliance.protocols.wire.header import MessageType
 from appliance.sim.cluster import InvariantViolation, SimCluster, chain_hash, request_id
 
@@ -377,4 +378,23 @@ def test_a_joiner_restarting_mid_fetch_is_admitted_again_at_once() -> None:
     # Not join_timeout (5 s) later: the new incarnation's proposal replaces the admission, and
     # the offer made for its predecessor is not fetched.
     assert c.wait_for(c.formed, 1.5), "the restarted joiner waited for the old admission"
+    settle_and_check(c)
+
+
+@pytest.mark.parametrize("style", [None, Style.SEMI_ACTIVE, Style.SEMI_PASSIVE])
+def test_a_lone_primary_under_steady_load_admits_joiners(style: Style | None) -> None:
+    # Alone, the primary commits each input as it orders it, so a joiner one round trip behind
+    # never reached the commit point; and repairs resent the whole backlog for every NACK.
+    c = SimCluster(11, nodes=3, style=style)
+    c.net.faults.duplicate = 0.0
+    assert c.wait_for(c.formed, 3.0)
+    c.client_rate = 1500.0
+    p = primary(c)
+    others = [n for n in view_of(c, p) if n != p]
+    for n in others:
+        c.power_off(n, "test pulled the power of both backups")
+    assert c.wait_for(lambda: view_of(c, p) == (p,), 2.0)
+    for n in others:
+        c.at(c.now, "power_on", n)
+    assert c.wait_for(lambda: set(others) <= set(view_of(c, p)), 8.0), "joiners never admitted"
     settle_and_check(c)
