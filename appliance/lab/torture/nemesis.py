@@ -36,6 +36,8 @@ class Fault(Enum):
 
     PULL_POWER_PRIMARY = "pull-power-primary"
     PULL_POWER_BACKUP = "pull-power-backup"
+    PULL_POWER_BACKUPS = "pull-power-backups"
+    """Every backup at once: the primary must fence them all and go on alone."""
     FREEZE_PRIMARY = "freeze-primary"
     RAPID_FAILURES = "rapid-failures"
     """The primary loses power, then its successor too, before the first is back."""
@@ -54,6 +56,9 @@ NETWORK_FAULTS = frozenset(
     {Fault.PULL_NETWORK_PRIMARY, Fault.PARTITION_PRIMARY, Fault.PARTITION_BACKUP, Fault.LOSS}
 )
 PROCESS_FAULTS = tuple(f for f in Fault if f not in NETWORK_FAULTS)
+POWER_PULLS = frozenset(
+    {Fault.PULL_POWER_PRIMARY, Fault.PULL_POWER_BACKUP, Fault.PULL_POWER_BACKUPS}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +254,10 @@ class Nemesis:
         elif f is Fault.PULL_POWER_BACKUP:
             rec.targets = [backup]
             self._cut(rec, backup)
+        elif f is Fault.PULL_POWER_BACKUPS:
+            rec.targets = backups
+            for i, b in enumerate(backups):
+                self._cut(rec, b, first=i == 0)
         elif f is Fault.FREEZE_PRIMARY:
             rec.targets = [primary]
             rec.struck_at = time.monotonic()
