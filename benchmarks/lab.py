@@ -17,20 +17,26 @@ from pathlib import Path
 
 from appliance.lab.cli import running_state, snapshot, strip_command
 from appliance.lab.layout import LabState
+from appliance.node.event_loop import ENV
 
 __all__ = ["Lab"]
 
 
 class Lab:
-    def __init__(self, workdir: Path, nodes: int, replication: str) -> None:
+    def __init__(
+        self, workdir: Path, nodes: int, replication: str, event_loop: str = "asyncio"
+    ) -> None:
         self.nodes = nodes
         self.replication = replication
+        self.event_loop = event_loop
+        """The agents' loop (``APPLIANCE_EVENT_LOOP``, inherited through the lab)."""
         self.dir = Path(tempfile.mkdtemp(prefix=f"lab-{nodes}-{replication}-", dir=workdir))
         self._cli("up", "--nodes", str(nodes), "--replication", replication)
 
     def _cli(self, *args: str) -> None:
         cmd = [sys.executable, "-m", "appliance", "lab", *args, "--dir", str(self.dir)]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        env = {**os.environ, ENV: self.event_loop}
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
         if p.returncode != 0:
             raise RuntimeError(
                 f"appliance lab {args[0]} failed ({p.returncode}):\n{p.stdout}{p.stderr}"

@@ -46,9 +46,10 @@ __all__ = ["Mode", "main"]
 
 
 APPLIANCE_LABS = {
-    "appliance semi-active (3 nodes)": (3, "semi-active"),
-    "appliance semi-passive (3 nodes)": (3, "semi-passive"),
-    "appliance single node": (1, "semi-active"),
+    "appliance semi-active (3 nodes)": (3, "semi-active", "asyncio"),
+    "appliance semi-active (3 nodes, uvloop)": (3, "semi-active", "uvloop"),
+    "appliance semi-passive (3 nodes)": (3, "semi-passive", "asyncio"),
+    "appliance single node": (1, "semi-active", "asyncio"),
 }
 REDIS = "redis alone"
 REDIS_WAIT = "redis + replica, WAIT 1 0"
@@ -81,7 +82,7 @@ FULL = Mode(
     name="full",
     rounds=3,
     writes_per_round=1500,
-    load_seconds=3.0,
+    load_seconds=2.0,
     loads=((1, 1), (8, 1), (32, 1), (8, 16)),
     scaling=(2, 3, 4, 5),
     failover_trials=10,
@@ -98,7 +99,7 @@ QUICK = Mode(
     writes_per_round=150,
     load_seconds=0.5,
     loads=((8, 1),),
-    scaling=(2, 3),
+    scaling=(2,),
     failover_trials=1,
     sentinel_default_trials=0,
     fault_trials=1,
@@ -147,8 +148,10 @@ class Peers:
 
 
 @contextlib.contextmanager
-def lab_target(workdir: Path, nodes: int, replication: str) -> Iterator[tuple[Lab, Target]]:
-    lab = Lab(workdir, nodes, replication)
+def lab_target(
+    workdir: Path, nodes: int, replication: str, event_loop: str = "asyncio"
+) -> Iterator[tuple[Lab, Target]]:
+    lab = Lab(workdir, nodes, replication, event_loop)
     try:
         primary = lab.wait_formed()
         yield lab, Target(lab.port(primary), 0, lab.agent_pids())
