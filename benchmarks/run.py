@@ -105,7 +105,7 @@ QUICK = Mode(
     fault_trials=1,
     join_keys=2_000,
     idle_seconds=0.5,
-    systems=(HEADLINE, "appliance single node", REDIS, REDIS_WAIT, PYSYNCOBJ),
+    systems=(*APPLIANCE_LABS, REDIS, REDIS_WAIT, PYSYNCOBJ),
     failover_labs=("semi-active",),
 )
 
