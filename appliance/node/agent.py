@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.hw.power import PowerDevice
+from appliance.node import event_loop
 from appliance.node.client_session import ClientSession
 from appliance.node.config import (
     ClusterConfig,
@@ -483,7 +484,17 @@ def agent_main(argv: list[str]) -> int:
     p.add_argument("--node", help="this node's name (default: the hostname)")
     p.add_argument("--state-dir", type=Path, default=None, help=f"default {DEFAULT_STATE_DIR}")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument(
+        "--event-loop",
+        default=None,
+        help=f"asyncio (default) or uvloop (optional package); default ${event_loop.ENV}",
+    )
     args = p.parse_args(argv)
+    try:
+        loop = event_loop.choose(args.event_loop)
+    except event_loop.EventLoopError as e:
+        print(f"appliance agent: {e}", file=sys.stderr)
+        return 2
     level = logging.getLevelName(str(args.log_level).upper())
     if not isinstance(level, int):
         print(f"appliance agent: unknown log level {args.log_level!r}", file=sys.stderr)
@@ -500,7 +511,7 @@ def agent_main(argv: list[str]) -> int:
         return 2
     agent = Agent(cfg, key, node, args.state_dir)
     try:
-        return asyncio.run(agent.run())
+        return event_loop.run(agent.run(), loop)
     except (OSError, ValueError) as e:
         print(f"appliance agent: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,121 @@
+"""Failover gap: a client writing continuously while the primary (or leader) is SIGKILLed.
+
+The writer records when every write was sent and when it completed or failed. The gap of a
+trial is the time from the kill to the first write acknowledged after the outage, where the
+outage is the longest interval between two consecutive acknowledgements after the last one
+before the kill: a write in flight at the kill and answered only after the failover ends it,
+and so does the first success after a run of failed writes (refused connections, errors).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from benchmarks.client import VALUE, connect
+
+__all__ = ["Op", "Writer", "gap_after", "run_trial"]
+
+STABLE = 0.3
+"""Seconds of acknowledged writes, with no failure, that count as recovered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    start: float
+    end: float
+    ok: bool
+
+
+@dataclass(eq=False)
+class Writer(threading.Thread):
+    """``SET`` after ``SET`` through ``target()`` (asked again after every failure)."""
+
+    target: Callable[[], tuple[str, int] | None]
+    pace: float = 0.0
+    """Seconds to sleep between writes (0: back to back)."""
+    ops: list[Op] = field(default_factory=list)
+    halt: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        super().__init__(daemon=True)
+
+    def run(self) -> None:
+        r: redis.Redis | None = None
+        i = 0
+        while not self.halt.is_set():
+            i += 1
+            t0 = time.time()
+            try:
+                if r is None:
+                    addr = self.target()
+                    if addr is None:
+                        raise ConnectionError("no target")
+                    r = connect(*addr, timeout=2.0)
+                r.set(f"failover:{i}", VALUE)
+            except (redis.RedisError, OSError):
+                self.ops.append(Op(t0, time.time(), False))
+                if r is not None:
+                    r.close()
+                r = None
+                time.sleep(0.001)
+                continue
+            self.ops.append(Op(t0, time.time(), True))
+            if self.pace:
+                time.sleep(self.pace)
+
+    def recovered(self, since: float) -> bool:
+        """Writes acknowledged for :data:`STABLE` s after the kill and after the last failure."""
+        ops = list(self.ops)
+        fails = [o.end for o in ops if not o.ok and o.end >= since]
+        calm = max([since, *fails])
+        acked = [o.end for o in ops if o.ok and o.start > calm]
+        return bool(acked) and acked[-1] - acked[0] >= STABLE
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def gap_after(ops: list[Op], kill: float) -> tuple[float, int]:
+    """(seconds from ``kill`` to the first write acknowledged after the outage, failed writes)."""
+    acks = sorted(o.end for o in ops if o.ok)
+    before = [a for a in acks if a <= kill]
+    after = [a for a in acks if a > kill]
+    if not after:
+        raise ValueError("no write was acknowledged after the kill")
+    points = ([before[-1]] if before else [kill]) + after
+    longest = max(range(1, len(points)), key=lambda i: points[i] - points[i - 1])
+    failed = sum(1 for o in ops if not o.ok and o.end >= kill)
+    return points[longest] - kill, failed
+
+
+def run_trial(
+    target: Callable[[], tuple[str, int] | None],
+    kill: Callable[[], float],
+    pace: float = 0.0,
+    timeout: float = 120.0,
+) -> dict[str, float]:
+    """Write, kill (``kill`` returns when it struck), wait for recovery; the trial's figures."""
+    w = Writer(target, pace)
+    w.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sum(1 for o in list(w.ops) if o.ok) < 50 or w.ops[-1].end - w.ops[0].start < STABLE:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the writer did not get going before the kill")
+            time.sleep(0.01)
+        t_kill = kill()
+        deadline = time.monotonic() + timeout
+        while not w.recovered(t_kill):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no recovery within {timeout:.0f} s of the kill")
+            time.sleep(0.01)
+    finally:
+        w.stop()
+    gap, failed = gap_after(w.ops, t_kill)
+    return {"gap_ms": round(gap * 1000, 2), "failed_writes": failed}

@@ -1,0 +1,132 @@
+"""Client latency through faults of a backup: its failure, and its return by state transfer.
+
+A 3-node lab is loaded with ``keys`` keys, then a client writes through the primary while a
+backup's plug is pulled. The primary suspects the backup (flat wire + silence), fences it
+(power-cycle through the strip) and drops it from the view; writes stall meanwhile, since a
+reply waits for every backup of the view. Then the backup boots and joins by state transfer of
+the whole store (TCP, from the primary) while the client keeps writing.
+
+* **stall**: the longest interval between two acknowledged writes from the pull until the
+  backup boots again;
+* **join**: the p99 latency of the writes sent while the backup was joining (from its boot to
+  its log line ``accepted into view``), against the p99 before the pull.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.client import VALUE, connect
+from benchmarks.failover import Op, Writer
+from benchmarks.lab import Lab
+from benchmarks.stats import percentile
+
+__all__ = ["run"]
+
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+BASELINE = 1.5
+"""Seconds of writes before the pull: the normal latency."""
+
+
+def _log_time(path: Path, pattern: str, after: float) -> float:
+    """Wall-clock time of the first log line after ``after`` matching ``pattern``."""
+    rx = re.compile(pattern)
+    for line in path.read_text(errors="replace").splitlines():
+        m = _LOG_TIME.match(line)
+        if m is None:
+            continue
+        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if t >= after and rx.search(line):
+            return t
+    raise LookupError(f"no line matching {pattern!r} in {path} after the pull")
+
+
+def _load(port: int, keys: int) -> None:
+    r = connect("127.0.0.1", port, 30.0)
+    for base in range(0, keys, 200):
+        pipe = r.pipeline(transaction=False)
+        for i in range(base, min(keys, base + 200)):
+            pipe.set(f"preload:{i}", VALUE)
+        pipe.execute()
+    if (n := r.dbsize()) < keys:
+        raise RuntimeError(f"preloaded {keys} keys but the store holds {n}")
+    r.close()
+
+
+def _addr(port: int) -> tuple[str, int]:
+    return ("127.0.0.1", port)
+
+
+def _longest_gap(ops: list[Op], start: float, end: float) -> float:
+    acks = sorted(o.end for o in ops if o.ok)
+    before = [a for a in acks if a <= start]
+    points = ([before[-1]] if before else [start]) + [a for a in acks if start < a <= end]
+    if len(points) < 2:
+        return end - points[0]
+    return max(b - a for a, b in itertools.pairwise(points))
+
+
+def run(workdir: Path, trials: int, keys: int, say: Callable[[str], None]) -> dict[str, Any]:
+    lab = Lab(workdir, 3, "semi-active")
+    stalls: list[float] = []
+    joins: list[float] = []
+    normal: list[float] = []
+    joining: list[float] = []
+    try:
+        primary = lab.wait_formed()
+        say(f"faults: loading {keys} keys")
+        t0 = time.monotonic()
+        _load(lab.port(primary), keys)
+        load_s = time.monotonic() - t0
+        for i in range(trials):
+            primary = lab.wait_formed(120)
+            backups = [n.name for n in lab.state.nodes if n.name != primary]
+            victim = backups[i % len(backups)]
+            say(f"faults trial {i + 1}/{trials}: pull {victim}'s plug (a backup)")
+            port = lab.port(primary)
+            w = Writer(functools.partial(_addr, port))
+            w.start()
+            try:
+                time.sleep(BASELINE)
+                t_pull = lab.pull_power(victim)
+                lab.wait_formed(120)
+                time.sleep(0.3)
+            finally:
+                w.stop()
+            if any(not o.ok for o in w.ops):
+                raise RuntimeError("a write through the primary failed while a backup was down")
+            log = lab.log(victim)
+            t_boot = _log_time(log, r"incarnation=", t_pull)
+            t_joined = _log_time(log, r"role BACKUP: accepted into view", t_boot)
+            stalls.append(_longest_gap(w.ops, t_pull, t_boot))
+            joins.append(t_joined - t_boot)
+            normal += [o.end - o.start for o in w.ops if o.end < t_pull]
+            joining += [o.end - o.start for o in w.ops if t_boot <= o.start <= t_joined]
+    finally:
+        lab.close()
+    base_p99 = percentile(normal, 99) * 1000
+    join_p99 = percentile(joining, 99) * 1000 if joining else float("nan")
+    return {
+        "backup_failure": {
+            "stalls_ms": [round(s * 1000, 2) for s in stalls],
+            "median_stall_ms": round(statistics.median(stalls) * 1000, 2),
+            "worst_stall_ms": round(max(stalls) * 1000, 2),
+        },
+        "join": {
+            "keys": keys,
+            "preload_seconds": round(load_s, 2),
+            "join_seconds": [round(j, 3) for j in joins],
+            "writes_during_joins": len(joining),
+            "normal_p99_ms": round(base_p99, 3),
+            "joining_p99_ms": round(join_p99, 3),
+            "p99_ratio": round(join_p99 / base_p99, 3),
+        },
+    }
