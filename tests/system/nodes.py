@@ -22,9 +22,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -244,7 +244,9 @@ class Nodes:
 
     def leftovers(self) -> list[str]:
         links = run("ip", "-o", "link", "show", check=False).stdout
-        out = [d for d in [self.bridge, *(f"vb-{n.machine}" for n in self.nodes)] if f" {d}" in links]
+        out = [
+            d for d in [self.bridge, *(f"vb-{n.machine}" for n in self.nodes)] if f" {d}" in links
+        ]
         out += [str(n.root) for n in self.nodes if n.root.is_mount()]
         out += [f"systemd-nspawn pid {n.proc.pid}" for n in self.nodes if n.powered and n.proc]
         return out

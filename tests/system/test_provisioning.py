@@ -102,7 +102,9 @@ def test_power_pull_of_the_primary_loses_no_acknowledged_write(cluster: Cluster)
     writer = Writer([(n.address, CLIENT_PORT) for n in backups])
     writer.start()
     try:
-        wait_until("writes before the pull", 30, lambda: len(writer.acked) >= 100 or writer.problems)
+        wait_until(
+            "writes before the pull", 30, lambda: len(writer.acked) >= 100 or writer.problems
+        )
         before = len(writer.acked)
         pulled = time.monotonic()
         cluster.strip.switch(primary.index, False)  # SIGKILL of the container's init
@@ -130,7 +132,9 @@ def test_power_pull_of_the_primary_loses_no_acknowledged_write(cluster: Cluster)
     # After the pull (the first switch), a survivor fenced it (Power Off on the strip) and
     # power-cycled it (Power On after off_hold_ms).
     wait_until("the power-cycle's power-on", 30, lambda: primary.powered)
-    switches = [s.on for s in cluster.strip.switches if s.outlet == primary.index and s.at >= pulled]
+    switches = [
+        s.on for s in cluster.strip.switches if s.outlet == primary.index and s.at >= pulled
+    ]
     assert switches[0] is False and False in switches[1:] and switches[-1] is True, switches
     wait_until("the rebooted node to rejoin", 120, lambda: formed(cluster, names), 1.0)
     writer.check([(primary.address, CLIENT_PORT)])
@@ -168,6 +172,8 @@ def test_frozen_agent_is_restarted_by_the_watchdog(cluster: Cluster) -> None:
         return now if changed and int(now["NRestarts"]) > int(before["NRestarts"]) else None
 
     after = wait_until("systemd to restart the frozen agent", 60, restarted, 0.5)
-    print(f"\nwatchdog restart {time.monotonic() - frozen:.1f} s after SIGSTOP: {before} -> {after}")
+    print(
+        f"\nwatchdog restart {time.monotonic() - frozen:.1f} s after SIGSTOP: {before} -> {after}"
+    )
     journal = node.ssh("journalctl -u appliance --no-pager -o cat")
     assert "Watchdog timeout" in journal, journal[-3000:]
