@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SEEDS ?= 500
 SOAK_SEEDS ?= 20000
 
-.PHONY: run demo test lint typecheck unit soak sim bench clean
+.PHONY: run demo test lint lint-ansible typecheck unit test-system torture soak soak-faults sim bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,15 @@ run: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/appliance lab demo $(if $(NETNS),--netns)
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed lint-ansible
 	$(BIN)/ruff check appliance tests benchmarks
 	$(BIN)/ruff format --check appliance tests benchmarks
+
+# The playbooks: yamllint, ansible-lint's production profile and a syntax check.
+lint-ansible: $(BIN)/.installed
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/yamllint -s .
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/ansible-lint -q --profile production --offline
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/ansible-playbook --syntax-check site.yml
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
@@ -30,6 +36,8 @@ typecheck: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest -q --sim-seeds $(SEEDS)
 
+# `unit` runs tests/system too: as root with systemd-nspawn and debootstrap present, the
+# provisioning system test (about 5 minutes); otherwise it skips, saying why.
 test: lint typecheck unit
 
 # Side-by-side benchmarks against Redis (+ replica, + Sentinel) and PySyncObj: about 20 minutes.
@@ -41,6 +49,18 @@ bench: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.report --update docs/performance.md
+
+# Only the provisioning system test (root): three booted containers provisioned by site.yml.
+test-system: $(BIN)/.installed
+	$(BIN)/pytest -q -rs tests/system
+
+# One seeded fault run against a fresh lab (NETNS=1 as root adds the network faults; SEED=N
+# replays a run), and the 30-minute soak; both print the report docs/testing.md explains.
+torture: $(BIN)/.installed
+	$(BIN)/appliance lab torture $(if $(NETNS),--netns) $(if $(SEED),--seed $(SEED))
+
+soak-faults: $(BIN)/.installed
+	$(BIN)/appliance lab torture --duration $(or $(DURATION),1800) $(if $(NETNS),--netns)
 
 soak: $(BIN)/.installed
 	$(BIN)/appliance sim --seeds $(SOAK_SEEDS)

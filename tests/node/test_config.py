@@ -98,7 +98,7 @@ def test_example_loads() -> None:
     assert pi1.address == "192.168.1.11" and pi1.client_port == 6379
     assert pi1.heartbeat_out_pin == 17 and pi1.heartbeat_in == {"pi2": 27, "pi3": 22}
     assert pi1.fence == (
-        GpioRelayFence(pin=23, driven_by="pi2", active_high=False, initial_value=True),
+        GpioRelayFence(pin=23, driven_by="pi2", active_high=True, initial_value=True),
     )
     assert pi2.fence == (TasmotaFence(url="http://192.168.1.52", timeout=2.0),)
     assert pi3.fence[0].kind == "tasmota"
