@@ -74,8 +74,13 @@ def _longest_gap(ops: list[Op], start: float, end: float) -> float:
     return max(b - a for a, b in itertools.pairwise(points))
 
 
-def run(workdir: Path, trials: int, keys: int, say: Callable[[str], None]) -> dict[str, Any]:
-    lab = Lab(workdir, 3, "semi-active")
+def run(
+    workdir: Path, trials: int, keys: int, say: Callable[[str], None], lab: Lab | None = None
+) -> dict[str, Any]:
+    """Backup power pulls and joins on ``lab`` (left running) or on a fresh semi-active lab."""
+    own = lab is None
+    if lab is None:
+        lab = Lab(workdir, 3, "semi-active")
     stalls: list[float] = []
     joins: list[float] = []
     normal: list[float] = []
@@ -111,7 +116,8 @@ def run(workdir: Path, trials: int, keys: int, say: Callable[[str], None]) -> di
             normal += [o.end - o.start for o in w.ops if o.end < t_pull]
             joining += [o.end - o.start for o in w.ops if t_boot <= o.start <= t_joined]
     finally:
-        lab.close()
+        if own:
+            lab.close()
     base_p99 = percentile(normal, 99) * 1000
     join_p99 = percentile(joining, 99) * 1000 if joining else float("nan")
     return {

@@ -47,6 +47,10 @@ class _LabWirePin(MockPin):  # type: ignore[misc]
         number = int(str(info.name).removeprefix("GPIO"))
         self._out: int | None = None
         self._in: Path | None = None
+        self._in_fd: int | None = None
+        """The peer's wire file, kept open once it exists: the wire is polled every few
+        milliseconds, and an open/read/close per poll was a tenth of an idle agent's CPU. The
+        peer only ever rewrites its one byte in place, so the open file stays the wire."""
         if number == factory.out_pin:
             path = wire_file(factory.wires, factory.node)
             self._out = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -62,19 +66,21 @@ class _LabWirePin(MockPin):  # type: ignore[misc]
 
     def _get_state(self) -> bool:
         if self._in is not None and self._function == "input":
-            try:
-                with open(self._in, "rb") as f:
-                    return f.read(1) == b"1"
-            except FileNotFoundError:
-                return False  # never driven: the pull-down holds it low
+            if self._in_fd is None:
+                try:
+                    self._in_fd = os.open(self._in, os.O_RDONLY)
+                except FileNotFoundError:
+                    return False  # never driven: the pull-down holds it low
+            return os.pread(self._in_fd, 1, 0) == b"1"
         state: bool = self._state
         return state
 
     def close(self) -> None:
         super().close()
-        if self._out is not None:
-            os.close(self._out)
-            self._out = None
+        for fd in (self._out, self._in_fd):
+            if fd is not None:
+                os.close(fd)
+        self._out = self._in_fd = None
 
 
 class LabPinFactory(MockFactory):  # type: ignore[misc]

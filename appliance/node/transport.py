@@ -441,7 +441,8 @@ class EngineDriver:
         self.datagrams_in += 1
         now = self.loop.time()
         try:
-            self.engine.receive_datagram(data, now)
+            if not self.engine.receive_datagram(data, now):
+                return  # our own, looped back: nothing to send or re-arm
         except Exception:
             # The engine's filter counts malformed and unauthenticated datagrams itself; an
             # exception here is an engine bug on an authenticated datagram. Drop it and go on:

@@ -74,19 +74,27 @@ class NodeEngine:
             self.member.forgive(now)
             self.events.append(Stalled(gap))
 
-    def receive_datagram(self, data: bytes, now: float) -> None:
+    def receive_datagram(self, data: bytes, now: float) -> bool:
+        """Feed one datagram from the group; False if it was our own, dropped unread.
+
+        Our own datagrams come back by multicast loopback; they change nothing, so the host
+        need not flush or re-arm after them (see ``DatagramFilter.looped_back``).
+        """
+        if self.filter.looped_back(data):
+            return False
         self._check_stall(now)
         d = self.filter.accept(data)
         if d is None:
-            return
+            return True
         try:
             body = decode_body(d.header.msg_type, d.body)
         except WireError:
             self.body_rejects += 1
-            return
+            return True
         self.fd.heard_from(d.header.src_node, now)
         self.member.on_datagram(d, body, now)
         self.gateway.on_datagram(d, body, now)
+        return True
 
     def handle_timer(self, now: float) -> None:
         self._check_stall(now)

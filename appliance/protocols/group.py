@@ -492,8 +492,15 @@ class GroupMember:
         seq: int = 0,
         ack: int = 0,
     ) -> None:
-        """Send a message of this group; a primary piggybacks its ordering records."""
-        records = self._records(self.out.records_room(len(body.encode())))
+        """Send a message of this group; a primary piggybacks its ordering records.
+
+        Not on what goes to our own node's gateway: that never leaves the process (see
+        ``Outbox.emit``), so records on it would reach no backup.
+        """
+        if dst_group is not None and dst_group == self.out.own_gateway:
+            records: list[OrderRecord] = []
+        else:
+            records = self._records(self.out.records_room(len(body.encode())))
         self.out.emit(
             body,
             src_group=self.group,
@@ -785,6 +792,16 @@ class GroupMember:
             self.viewless_heard[node] = now
         else:
             self.viewful_heard = now
+        if (
+            self.role is Role.LEARNING
+            and body.role is not Role.PRIMARY
+            and self.learning_from == Member(node, h.incarnation)
+        ):
+            # Only a primary admits: ours stepped down or lost the role, and with it our
+            # admission. Rejoin now rather than after join_timeout (its successor may have
+            # died before we ever heard it announce itself).
+            self._reset(f"node {node}, the source of our state, is no longer primary", now)
+            return
         if body.role is Role.PRIMARY:
             self._on_primary_announcement(h, body.members, now)
             if from_primary:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from appliance.protocols.config import ProtocolConfig
+from appliance.protocols.config import ProtocolConfig, gateway_group
 from appliance.protocols.messages import Body
 from appliance.protocols.wire.datagram import Datagram, encode, overhead
 from appliance.protocols.wire.header import Flags, Header, MessageType, OrderRecord
@@ -28,10 +28,13 @@ class Outbox:
         self.local: list[tuple[Datagram, Body]] = []
         """Datagrams to groups hosted on this node too: handed over in-process, not decoded."""
         self.node = node
+        self.own_gateway = gateway_group(node)
         self.incarnation = incarnation
         self.packet_number = 0
         self._datagrams: list[bytes] = []
         self.sent_by_type: dict[str, int] = {}
+        self.local_only = 0
+        """Messages to our own gateway, handed over in-process and never sent."""
 
     def emit(
         self,
@@ -46,6 +49,28 @@ class Outbox:
         records: Sequence[OrderRecord] = (),
         flags: Flags = Flags.NONE,
     ) -> None:
+        if dst_group == self.own_gateway and src_group != dst_group and not records:
+            # Our replica's replies and acks to our own gateway: nobody else listens to that
+            # group, so it is handed over in-process only, never encoded, signed or sent. On
+            # the node clients usually talk to (the primary's) that is one datagram fewer per
+            # request for every node to wake up for, decode and authenticate.
+            local_header = Header(
+                msg_type=body.TYPE,
+                cluster_id=self.cfg.cluster_id,
+                src_node=self.node,
+                incarnation=self.incarnation,
+                packet_number=self.packet_number,
+                src_group=src_group,
+                dst_group=dst_group,
+                conn_id=conn_id,
+                view=view,
+                seq=seq,
+                ack=ack,
+                flags=flags,
+            )
+            self.local.append((Datagram(local_header), body))
+            self.local_only += 1
+            return
         self.packet_number += 1
         header = Header(
             msg_type=body.TYPE,

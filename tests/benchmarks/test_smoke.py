@@ -59,7 +59,6 @@ def test_quick_run_writes_complete_results(tmp_path: Path) -> None:
     systems = set(results["latency"])
     assert {
         "appliance semi-active (3 nodes)",
-        "appliance single node",
         "redis alone",
         "redis + replica, WAIT 1 0",
         "pysyncobj (3 nodes, no batching)",
@@ -84,8 +83,7 @@ def test_quick_run_writes_complete_results(tmp_path: Path) -> None:
         assert fo["trials"] and all(_positive(t["gap_ms"]) for t in fo["trials"]), name
         assert fo["median_ms"] <= fo["worst_ms"], name
 
-    assert set(results["scaling"]) == {"2"}
-    assert all(_positive(s["p50_ms"]) for s in results["scaling"].values())
+    assert results["scaling"] == {}  # the full run only: it is the latency phase's code
 
     faults = results["faults"]
     assert _positive(faults["backup_failure"]["worst_stall_ms"])

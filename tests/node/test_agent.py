@@ -305,6 +305,16 @@ def test_three_agents_serve_and_survive_primary_crash(
             assert r.get("counter") == b"50"
         acked["counter"] = b"50"
 
+        # DEBUG DIGEST is each replica's own: once writes stop, the replicas agree on it.
+        def digests_agree() -> set[bytes] | None:
+            got = {n.client(timeout=1).execute_command("DEBUG", "DIGEST") for n in nodes}
+            return got if len(got) == 1 else None
+
+        [digest] = wait_for("equal DEBUG DIGEST on every node", digests_agree, 10)
+        assert len(digest) == 40 and digest != b"0" * 40
+        info = nodes[0].client(timeout=1).info("replication")
+        assert "state_digest" not in info  # INFO stays cheap: no walk over every key
+
         # Pipelining keeps each connection's replies in its order.
         pipe = nodes[1].client().pipeline(transaction=False)
         for i in range(20):

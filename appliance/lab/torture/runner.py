@@ -251,7 +251,12 @@ def _digests(targets: list[Target]) -> dict[str, str] | None:
         info = node_info(t.port, timeout=1.0, host=t.host)
         if info is None or info.get("llft_role") not in ("primary", "backup"):
             return None
-        out[t.node] = info.get("state_digest", "")
+        try:
+            with Connection(t.port, timeout=5.0, host=t.host) as c:
+                digest = c.call("DEBUG", "DIGEST")
+        except OSError:
+            return None
+        out[t.node] = digest.decode() if isinstance(digest, bytes) else ""
     return out
 
 
