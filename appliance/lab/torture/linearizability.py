@@ -355,6 +355,10 @@ class _Bounded:
                 elif op.kind is OpKind.SET and op.outcome is Outcome.UNKNOWN:
                     assert op.value is not None
                     self.unknown_sets.setdefault(op.value, []).append(i)
+        self._setup(ops)
+
+    def _setup(self, ops: list[Op]) -> None:
+        """What a search builds for itself from the ops, once the shared setup is done."""
 
     def _spent(self) -> bool:
         """Count one more op tried; True once past the node budget or the time budget."""
@@ -367,16 +371,7 @@ class _Bounded:
 class _Search(_Bounded):
     """One run of the search over one key's ops; keeps the deepest point it reached."""
 
-    def __init__(
-        self,
-        ops: list[Op],
-        initial: State,
-        node_budget: int,
-        time_budget: float | None,
-        clock: Callable[[], float],
-        start: float,
-    ) -> None:
-        super().__init__(ops, initial, node_budget, time_budget, clock, start)
+    def _setup(self, ops: list[Op]) -> None:
         self.required = sum(op.outcome is Outcome.OK for op in ops)
         self.head = self._build(ops)
         self.dead_sets = {
@@ -560,16 +555,7 @@ class _Frontier(_Bounded):
     clean run: nothing already swept is searched again.
     """
 
-    def __init__(
-        self,
-        ops: list[Op],
-        initial: State,
-        node_budget: int,
-        time_budget: float | None,
-        clock: Callable[[], float],
-        start: float,
-    ) -> None:
-        super().__init__(ops, initial, node_budget, time_budget, clock, start)
+    def _setup(self, ops: list[Op]) -> None:
         self.ops = ops
         self.best_chain: _Chain | None = None
 
