@@ -9,13 +9,11 @@ knows when the plug was pulled to the millisecond (the command line adds an inte
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from appliance.lab.cli import running_state, snapshot, strip_command
+from appliance.lab.cli import run_lab, running_state, snapshot, switch_outlet
 from appliance.lab.layout import LabState
 from appliance.node.event_loop import ENV
 
@@ -34,13 +32,7 @@ class Lab:
         self._cli("up", "--nodes", str(nodes), "--replication", replication)
 
     def _cli(self, *args: str) -> None:
-        cmd = [sys.executable, "-m", "appliance", "lab", *args, "--dir", str(self.dir)]
-        env = {**os.environ, ENV: self.event_loop}
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-        if p.returncode != 0:
-            raise RuntimeError(
-                f"appliance lab {args[0]} failed ({p.returncode}):\n{p.stdout}{p.stderr}"
-            )
+        run_lab(self.dir, *args, timeout=120, env={**os.environ, ENV: self.event_loop})
 
     @property
     def state(self) -> LabState:
@@ -83,11 +75,8 @@ class Lab:
     def pull_power(self, name: str) -> float:
         """Pull the node's plug; the wall-clock time just before the strip was told."""
         state = self.state
-        node = state.node(name)
         t = time.time()
-        reply = strip_command(state, f"Power{node.id} Off")
-        if reply.get(f"POWER{node.id}") != "OFF":
-            raise RuntimeError(f"the power strip answered {reply} to Power{node.id} Off")
+        switch_outlet(state, name, False)
         return t
 
     def log(self, name: str) -> Path:

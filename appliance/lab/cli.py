@@ -21,17 +21,27 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from appliance.lab import netns
-from appliance.lab.layout import LabLayout, LabState, default_dir
+from appliance.lab.layout import LabLayout, LabState, NodeState, default_dir
 from appliance.lab.probe import node_info, roles_formed
 from appliance.lab.supervisor import Supervisor
 from appliance.lab.wires import wire_live
 from appliance.protocols.replication import Style
 
-__all__ = ["lab_main"]
+__all__ = [
+    "LabError",
+    "lab_main",
+    "run_lab",
+    "running_state",
+    "signal_node",
+    "snapshot",
+    "strip_command",
+    "switch_outlet",
+]
 
 UP_TIMEOUT = 60.0
 
@@ -81,6 +91,31 @@ def strip_command(state: LabState, cmnd: str, timeout: float = 10.0) -> dict[str
     except (OSError, urllib.error.URLError, ValueError) as e:
         raise LabError(f"the power strip at {url} did not answer: {e}") from None
     return reply
+
+
+def run_lab(
+    lab_dir: Path,
+    *args: str,
+    check: bool = True,
+    timeout: float = 90.0,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``appliance lab ARGS --dir LAB_DIR`` in a fresh interpreter, as a user would.
+
+    For programs that drive a lab the way its users do (``up`` returns only once the lab
+    has formed, ``down`` leaves nothing behind). ``check``: a failing command is a
+    :class:`LabError` carrying what it printed.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance", "lab", *args, "--dir", str(lab_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if check and proc.returncode != 0:
+        raise LabError(f"appliance lab {args[0]}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
 
 
 def snapshot(state: LabState) -> dict[str, Any]:
@@ -327,15 +362,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _switch(args: argparse.Namespace, on: bool) -> int:
-    state = running_state(args.dir)
-    node = state.node(args.node)
+def switch_outlet(state: LabState, node: str, on: bool) -> NodeState:
+    """Switch ``node``'s outlet on the lab's power strip; returns once the strip confirms.
+
+    The strip answers only when the switch is done (off: the node's processes are gone), so
+    a reply other than the state asked for means the outlet did not switch.
+    """
+    n = state.node(node)
     word = "On" if on else "Off"
-    reply = strip_command(state, f"Power{node.id} {word}")
-    got = reply.get(f"POWER{node.id}")
-    if got != word.upper():
-        raise LabError(f"the power strip answered {reply} to Power{node.id} {word}")
-    print(f"{node.name}: power {word.lower()}")
+    reply = strip_command(state, f"Power{n.id} {word}")
+    if reply.get(f"POWER{n.id}") != word.upper():
+        raise LabError(f"the power strip answered {reply} to Power{n.id} {word}")
+    return n
+
+
+def _switch(args: argparse.Namespace, on: bool) -> int:
+    node = switch_outlet(running_state(args.dir), args.node, on)
+    print(f"{node.name}: power {'on' if on else 'off'}")
     return 0
 
 
@@ -347,15 +390,23 @@ def cmd_power_on(args: argparse.Namespace) -> int:
     return _switch(args, True)
 
 
-def _signal(args: argparse.Namespace, sig: signal.Signals, what: str) -> int:
-    state = running_state(args.dir)
-    node = state.node(args.node)
-    if node.pid is None or node.power == "off":
-        raise LabError(f"{node.name} is powered off")
+def signal_node(state: LabState, node: str, sig: signal.Signals) -> NodeState:
+    """Send ``sig`` to ``node``'s agent and everything it started (its process group).
+
+    A node without a running agent (powered off, or its agent gone) is a :class:`LabError`.
+    """
+    n = state.node(node)
+    if n.pid is None or n.power == "off":
+        raise LabError(f"{n.name} is powered off")
     try:
-        os.killpg(node.pid, sig)
+        os.killpg(n.pid, sig)
     except ProcessLookupError:
-        raise LabError(f"{node.name}'s agent (pid {node.pid}) is not running") from None
+        raise LabError(f"{n.name}'s agent (pid {n.pid}) is not running") from None
+    return n
+
+
+def _signal(args: argparse.Namespace, sig: signal.Signals, what: str) -> int:
+    node = signal_node(running_state(args.dir), args.node, sig)
     print(f"{node.name}: {what} (pid {node.pid})")
     return 0
 

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from appliance.lab.layout import LabLayout, LabState, NodeState
 
-__all__ = ["Outlet", "PowerStrip"]
+__all__ = ["Outlet", "PowerStrip", "send_json", "tasmota_command", "tasmota_handler"]
 
 log = logging.getLogger("appliance.lab")
 
@@ -57,6 +57,82 @@ def _die_with_parent() -> None:
     the one long-lived power thread (:attr:`PowerStrip.power`).
     """
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def send_json(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: object,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Answer ``handler``'s request with ``body`` as JSON, as the plug APIs all reply."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def tasmota_command(
+    cmnd: str,
+    outlets: int,
+    powered: Callable[[int], bool],
+    switch: Callable[[int, bool], None],
+) -> dict[str, str]:
+    """Run one Tasmota ``cmnd`` on a strip of ``outlets`` outlets and return its JSON reply.
+
+    ``powered(n)`` says whether outlet ``n`` (from 1) is on; ``switch(n, on)`` switches it and
+    returns once it has (the reply reports the state after the switch, as Tasmota does).
+    """
+    word, _, arg = cmnd.strip().partition(" ")
+    lower = word.lower()
+    if not lower.startswith("power"):
+        return {"Command": "Unknown"}
+    index_text = lower[len("power") :]
+    if index_text and not index_text.isdigit():
+        return {"Command": "Unknown"}
+    index = int(index_text) if index_text else 1
+    if not 1 <= index <= outlets:
+        return {"Command": "Unknown"}
+    action = arg.strip().lower()
+    if action in _OFF_WORDS or (action in _TOGGLE_WORDS and powered(index)):
+        switch(index, False)
+    elif action in _ON_WORDS or action in _TOGGLE_WORDS:
+        switch(index, True)
+    elif action:
+        return {"Command": "Unknown"}
+    key = "POWER" if not index_text else f"POWER{index}"
+    return {key: "ON" if powered(index) else "OFF"}
+
+
+def tasmota_handler(
+    command: Callable[[str], dict[str, str]],
+    views: Mapping[str, Callable[[], object]] | None = None,
+) -> type[BaseHTTPRequestHandler]:
+    """An HTTP handler answering ``GET /cm?cmnd=...`` through ``command``, as a Tasmota strip.
+
+    ``views`` adds read-only paths: ``GET <path>`` answers the JSON of ``views[path]()``.
+    Any other path is a 404 with a JSON error.
+    """
+    extra = dict(views or {})
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            if url.path == "/cm":
+                send_json(self, 200, command(parse_qs(url.query).get("cmnd", [""])[0]))
+            elif url.path in extra:
+                send_json(self, 200, extra[url.path]())
+            else:
+                send_json(self, 404, {"error": f"no such path {url.path}"})
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("strip: " + format, *args)
+
+    return Handler
 
 
 class Outlet:
@@ -144,7 +220,8 @@ class PowerStrip:
             Outlet(layout, name, i, self.publish) for i, name in enumerate(layout.names, 1)
         ]
         address = (layout.strip_host, layout.strip_port)
-        self.server = ThreadingHTTPServer(address, self._handler())
+        handler = tasmota_handler(self.command, {"/lab/state": lambda: asdict(self.lab_state())})
+        self.server = ThreadingHTTPServer(address, handler)
         self.server.daemon_threads = True
         self.power = ThreadPoolExecutor(max_workers=1, thread_name_prefix="power")
         """Every outlet switches here: one thread that lives as long as the strip."""
@@ -173,53 +250,12 @@ class PowerStrip:
 
     def command(self, cmnd: str) -> dict[str, str]:
         """Run one Tasmota ``cmnd`` and return its JSON reply."""
-        word, _, arg = cmnd.strip().partition(" ")
-        lower = word.lower()
-        if not lower.startswith("power"):
-            return {"Command": "Unknown"}
-        index_text = lower[len("power") :]
-        if index_text and not index_text.isdigit():
-            return {"Command": "Unknown"}
-        index = int(index_text) if index_text else 1
-        if not 1 <= index <= len(self.outlets):
-            return {"Command": "Unknown"}
-        outlet = self.outlets[index - 1]
-        action = arg.strip().lower()
-        if action in _OFF_WORDS or (action in _TOGGLE_WORDS and outlet.powered):
-            self.switch(outlet, False)
-        elif action in _ON_WORDS or action in _TOGGLE_WORDS:
-            self.switch(outlet, True)
-        elif action:
-            return {"Command": "Unknown"}
-        key = "POWER" if not index_text else f"POWER{index}"
-        return {key: "ON" if outlet.powered else "OFF"}
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        strip = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                if url.path == "/cm":
-                    cmnd = parse_qs(url.query).get("cmnd", [""])[0]
-                    self._reply(200, strip.command(cmnd))
-                elif url.path == "/lab/state":
-                    self._reply(200, asdict(strip.lab_state()))
-                else:
-                    self._reply(404, {"error": f"no such path {url.path}"})
-
-            def _reply(self, status: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("strip: " + format, *args)
-
-        return Handler
+        return tasmota_command(
+            cmnd,
+            len(self.outlets),
+            lambda i: self.outlets[i - 1].powered,
+            lambda i, on: self.switch(self.outlets[i - 1], on),
+        )
 
     def serve(self) -> threading.Thread:
         t = threading.Thread(target=self.server.serve_forever, name="power-strip", daemon=True)

@@ -14,7 +14,6 @@ that long, for timeouts), ``nonce_ttl`` (Shelly nonces expire after that many us
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
 import threading
@@ -24,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from appliance.lab.power_strip import send_json
 
 
 @dataclass
@@ -64,14 +65,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.reply(404, {"error": "not found"})
 
     def reply(self, status: int, doc: object, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, status, doc, headers)
 
     # Tasmota ------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.labcli import lab
+from appliance.lab.cli import run_lab
 
 
 @pytest.fixture
@@ -16,4 +16,4 @@ def lab_dir(tmp_path: Path) -> Iterator[Path]:
     try:
         yield d
     finally:
-        lab(d, "down", check=False)
+        run_lab(d, "down", check=False)

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from appliance.lab.cli import run_lab
 from appliance.lab.netns import LabNetwork, available
-from tests.lab.labcli import lab, status
+from tests.lab.labcli import status
 from tests.node.test_agent import wait_for
 from tests.writer import Writer
 
@@ -45,7 +46,7 @@ def check(writer: Writer, snap: dict[str, Any]) -> None:
 
 
 def test_network_faults_in_namespaces(lab_dir: Path) -> None:
-    lab(lab_dir, "up", "--netns")
+    run_lab(lab_dir, "up", "--netns")
     snap = status(lab_dir)
     assert snap["mode"] == "netns"
     names = [n["name"] for n in snap["nodes"]]
@@ -61,29 +62,29 @@ def test_network_faults_in_namespaces(lab_dir: Path) -> None:
             writer.start()
             wait_for("writes", lambda w=writer: w.incrs > 20 or None, 20)
             if fault == "pull-network":
-                lab(lab_dir, "pull-network", victim)
+                run_lab(lab_dir, "pull-network", victim)
             else:
-                lab(lab_dir, "partition", victim, ",".join(n for n in names if n != victim))
+                run_lab(lab_dir, "partition", victim, ",".join(n for n in names if n != victim))
             wait_for(f"the group without {victim}", lambda v=victim: formed_without(lab_dir, v), 30)
             done = writer.incrs
             wait_for("writes after", lambda w=writer, d=done: w.incrs > d + 20 or None, 20)
             if fault == "pull-network":
-                lab(lab_dir, "plug-network", victim)
+                run_lab(lab_dir, "plug-network", victim)
             else:
-                lab(lab_dir, "heal")
+                run_lab(lab_dir, "heal")
             snap = wait_for(f"{victim} back as a backup", lambda: all_back(lab_dir), 40)
             assert {n["name"]: n["role"] for n in snap["nodes"]}[victim] == "backup"
             writer.finish()
             check(writer, snap)
 
-        lab(lab_dir, "loss", "20")
+        run_lab(lab_dir, "loss", "20")
         assert all(count == 1 for count in net.rules().values())
         client = snap["nodes"][0]
         writer = Writer([(client["client_host"], client["client_port"])], "c-loss")
         writer.start()
         wait_for("writes through 20% loss", lambda: writer.incrs > 100 or None, 60)
         writer.finish()
-        lab(lab_dir, "heal")
+        run_lab(lab_dir, "heal")
         assert all(count == 0 for count in net.rules().values())
         check(writer, wait_for("the cluster after the loss", lambda: all_back(lab_dir), 30))
     except BaseException:
@@ -91,5 +92,5 @@ def test_network_faults_in_namespaces(lab_dir: Path) -> None:
             print(f"--- {log.name} ---\n{log.read_text()[-3000:]}")
         raise
     finally:
-        lab(lab_dir, "down")
+        run_lab(lab_dir, "down")
     assert net.leftovers() == []

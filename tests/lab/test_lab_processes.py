@@ -9,12 +9,12 @@ present on every node. ``down`` must leave no process behind.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.lab.labcli import lab, status
+from appliance.lab.cli import run_lab
+from tests.lab.labcli import status
 from tests.node.test_agent import wait_for
 from tests.writer import Writer
 
@@ -36,14 +36,14 @@ def one_primary_formed(lab_dir: Path, not_node: str) -> dict[str, Any] | None:
 
 
 def test_lab_up_faults_and_down(lab_dir: Path) -> None:
-    out = lab(lab_dir, "up", "--nodes", "3").stdout
+    out = run_lab(lab_dir, "up", "--nodes", "3").stdout
     assert "redis-cli -p" in out
     snap = status(lab_dir)
     assert [n["name"] for n in snap["nodes"]] == ["n1", "n2", "n3"]
     assert snap["formed"] and snap["primary"] in ("n1", "n2", "n3")
     assert snap["multicast_group"].startswith("239.")
     ports = {n["name"]: n["client_port"] for n in snap["nodes"]}
-    p = lab(lab_dir, "partition", "n1", "n2,n3", check=False)  # a processes lab has no network
+    p = run_lab(lab_dir, "partition", "n1", "n2,n3", check=False)  # a processes lab has no network
     assert p.returncode == 1 and "--netns" in p.stderr, p.stderr
     pids = [n["pid"] for n in snap["nodes"]]
     try:
@@ -54,7 +54,7 @@ def test_lab_up_faults_and_down(lab_dir: Path) -> None:
             client = Writer(others, f"counter-{fault}")
             client.start()
             wait_for("writes", lambda c=client: c.incrs > 20 or None, 20)
-            lab(lab_dir, fault, primary)
+            run_lab(lab_dir, fault, primary)
             snap = wait_for(
                 f"a new primary after {fault} {primary}",
                 lambda p=primary: one_primary_formed(lab_dir, p),
@@ -73,25 +73,20 @@ def test_lab_up_faults_and_down(lab_dir: Path) -> None:
             print(f"--- {log.name} ---\n{log.read_text()[-4000:]}", file=sys.stderr)
         raise
     finally:
-        lab(lab_dir, "down")
-    assert "no lab is running" in lab(lab_dir, "status", check=False).stderr
+        run_lab(lab_dir, "down")
+    assert "no lab is running" in run_lab(lab_dir, "status", check=False).stderr
     wait_for("every lab process gone", lambda: not any(alive(p) for p in pids) or None, 10)
 
 
 def test_commands_without_a_lab_explain_themselves(lab_dir: Path) -> None:
     for args in (("status",), ("partition", "n1", "n2,n3"), ("pull-power", "n1")):
-        p = lab(lab_dir, *args, check=False)
+        p = run_lab(lab_dir, *args, check=False)
         assert p.returncode == 1 and "no lab is running" in p.stderr, p.stderr
 
 
 def test_demo_passes_and_cleans_up(tmp_path: Path) -> None:
     d = tmp_path / "demo"
-    p = subprocess.run(
-        [sys.executable, "-m", "appliance", "lab", "demo", "--dir", str(d)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    p = run_lab(d, "demo", check=False, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
     for line in (
         "power of n1 pulled",

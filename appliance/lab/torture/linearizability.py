@@ -311,8 +311,16 @@ def check_history(
     )
 
 
-class _Search:
-    """One run of the search over one key's ops; keeps the deepest point it reached."""
+class _Bounded:
+    """What both searches share: the budget, the counts, the twins and the best dead end.
+
+    ``twin[i]`` is op ``i``'s class among the unknown writes with the same effect (-1 for
+    the rest): only the earliest untried member of a class is worth trying at a step.
+    ``readers`` counts the reads of each value and ``unknown_sets`` lists the unknown SETs of
+    each, both empty when the key has an INCR: without one, an unknown SET of v can only be
+    observed by a read of v, so once every read of v is placed such SETs are dead (never
+    worth placing, and placed or not makes no difference to the rest of the search).
+    """
 
     def __init__(
         self,
@@ -328,37 +336,60 @@ class _Search:
         self.deadline = None if time_budget is None else start + time_budget
         self.clock = clock
         self.nodes = 0
-        self.required = sum(op.outcome is Outcome.OK for op in ops)
-        self.head = self._build(ops)
-        # Without INCR on the key, an unknown SET of v can only be observed by a read of v:
-        # once every read of v is placed, such SETs are dead (never worth placing, and placed
-        # or not makes no difference to the rest of the search).
+        self.best_state: State = initial
+        self.best_blocked: Op | None = None
+        self.best_unplaceable: tuple[Op, ...] = ()
+        twins: dict[tuple[OpKind, str | None], int] = {}
+        self.twin = [
+            twins.setdefault((op.kind, op.value), len(twins))
+            if op.outcome is Outcome.UNKNOWN
+            else -1
+            for op in ops
+        ]
         self.readers: dict[str, int] = {}
-        self.unknown_sets: dict[str, int] = {}
+        self.unknown_sets: dict[str, list[int]] = {}
         if not any(op.kind is OpKind.INCR for op in ops):
             for i, op in enumerate(ops):
                 if op.kind is OpKind.GET and isinstance(op.result, str):
                     self.readers[op.result] = self.readers.get(op.result, 0) + 1
                 elif op.kind is OpKind.SET and op.outcome is Outcome.UNKNOWN:
                     assert op.value is not None
-                    self.unknown_sets[op.value] = self.unknown_sets.get(op.value, 0) | 1 << i
+                    self.unknown_sets.setdefault(op.value, []).append(i)
+        self._setup(ops)
+
+    def _setup(self, ops: list[Op]) -> None:
+        """What a search builds for itself from the ops, once the shared setup is done."""
+
+    def _spent(self) -> bool:
+        """Count one more op tried; True once past the node budget or the time budget."""
+        self.nodes += 1
+        return self.nodes > self.node_budget or (
+            self.deadline is not None and self.nodes % 256 == 0 and self.clock() > self.deadline
+        )
+
+
+class _Search(_Bounded):
+    """One run of the search over one key's ops; keeps the deepest point it reached."""
+
+    def _setup(self, ops: list[Op]) -> None:
+        self.required = sum(op.outcome is Outcome.OK for op in ops)
+        self.head = self._build(ops)
+        self.dead_sets = {
+            value: sum(1 << i for i in indices) for value, indices in self.unknown_sets.items()
+        }
+        """The unknown SETs of each value as a bit set over the ops (see :class:`_Bounded`)."""
         self.best: _Frame | None = None
         self.best_depth = -1
-        self.best_state: State = initial
-        self.best_blocked: Op | None = None
-        self.best_unplaceable: tuple[Op, ...] = ()
 
     def _build(self, ops: list[Op]) -> _Entry:
         # (time, 0 for an invocation / 1 for a completion, entry): on equal times invocations
         # come first, so ops that touch at an instant count as concurrent (the lenient reading
         # of one clock's ties).
         timeline: list[tuple[float, int, int, _Entry]] = []
-        twins: dict[tuple[OpKind, str | None], int] = {}
         for i, op in enumerate(ops):
             call = _Entry(op, i)
-            if op.outcome is Outcome.UNKNOWN:
-                call.twin = twins.setdefault((op.kind, op.value), len(twins))
-            else:
+            call.twin = self.twin[i]
+            if op.outcome is not Outcome.UNKNOWN:
                 assert op.complete is not None
                 ret = _Entry(None, i)
                 call.match = ret
@@ -408,7 +439,7 @@ class _Search:
         tried_twins = 0  # bit c set: an unknown write of class c was tried at this step
         stack_twins: list[int] = []
         dead = 0  # bit i set: op i is an unknown SET nobody can observe any more
-        readers, unknown_sets = self.readers, self.unknown_sets
+        readers, unknown_sets = self.readers, self.dead_sets
         track = bool(unknown_sets)
         entry = self.head.next
         while placed < self.required:
@@ -416,12 +447,7 @@ class _Search:
                 raise AssertionError("entry list ended before every completion")
             op = entry.op
             if op is not None:  # an invocation: try to place its op here
-                self.nodes += 1
-                if self.nodes > self.node_budget or (
-                    self.deadline is not None
-                    and self.nodes % 256 == 0
-                    and self.clock() > self.deadline
-                ):
+                if self._spent():
                     self._record(top, depth, state, entry)
                     return Linearizability.TOO_EXPENSIVE
                 if entry.twin >= 0 and tried_twins >> entry.twin & 1:
@@ -518,7 +544,7 @@ class _Chain:
     parent: _Chain | None
 
 
-class _Frontier:
+class _Frontier(_Bounded):
     """The just-in-time search: every configuration the history can be in, swept through time.
 
     A configuration is the register's state and which still-pending ops are already
@@ -529,32 +555,9 @@ class _Frontier:
     clean run: nothing already swept is searched again.
     """
 
-    def __init__(
-        self,
-        ops: list[Op],
-        initial: State,
-        node_budget: int,
-        time_budget: float | None,
-        clock: Callable[[], float],
-        start: float,
-    ) -> None:
+    def _setup(self, ops: list[Op]) -> None:
         self.ops = ops
-        self.initial = initial
-        self.node_budget = node_budget
-        self.deadline = None if time_budget is None else start + time_budget
-        self.clock = clock
-        self.nodes = 0
         self.best_chain: _Chain | None = None
-        self.best_state: State = initial
-        self.best_blocked: Op | None = None
-        self.best_unplaceable: tuple[Op, ...] = ()
-        twins: dict[tuple[OpKind, str | None], int] = {}
-        self.twin = [
-            twins.setdefault((op.kind, op.value), len(twins))
-            if op.outcome is Outcome.UNKNOWN
-            else -1
-            for op in ops
-        ]
 
     def best_prefix(self) -> tuple[Op, ...]:
         ops = []
@@ -573,16 +576,7 @@ class _Frontier:
             if op.complete is not None and op.outcome is Outcome.OK  # unknown: never completes
         ]
         events.sort()  # invocations before completions at equal times: ties overlap
-        incr = any(op.kind is OpKind.INCR for op in ops)
-        readers: dict[str, int] = {}
-        unknown_sets: dict[str, list[int]] = {}
-        if not incr:  # see _Search: an unknown SET of v matters only to reads of v
-            for i, op in enumerate(ops):
-                if op.kind is OpKind.GET and isinstance(op.result, str):
-                    readers[op.result] = readers.get(op.result, 0) + 1
-                elif op.kind is OpKind.SET and op.outcome is Outcome.UNKNOWN:
-                    assert op.value is not None
-                    unknown_sets.setdefault(op.value, []).append(i)
+        readers, unknown_sets = self.readers, self.unknown_sets
         slot_of: dict[int, int] = {}  # pending op -> its bit in a configuration
         free: list[int] = []
         configs: dict[tuple[State, int], _Chain | None] = {(self.initial, 0): None}
@@ -652,12 +646,7 @@ class _Frontier:
                     if twins_tried >> twin & 1:
                         continue  # an identical earlier unknown write stands for this one
                     twins_tried |= 1 << twin
-                self.nodes += 1
-                if self.nodes > self.node_budget or (
-                    self.deadline is not None
-                    and self.nodes % 256 == 0
-                    and self.clock() > self.deadline
-                ):
+                if self._spent():
                     self._stuck(configs, slot_of, target)
                     return None
                 fits, after = _step(state, ops[j])

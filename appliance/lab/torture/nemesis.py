@@ -14,7 +14,6 @@ cluster that does not recover within the deadline fails the run.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.lab import netns
-from appliance.lab.cli import LabError, running_state, snapshot, strip_command
+from appliance.lab.cli import LabError, running_state, signal_node, snapshot, switch_outlet
 from appliance.lab.layout import LabState
 
 __all__ = ["Fault", "FaultRecord", "LabControl", "Nemesis", "Schedule", "Step"]
@@ -181,20 +180,13 @@ class LabControl:
         return None if p is None else str(p)
 
     def power(self, node: str, on: bool) -> None:
-        n = self.state.node(node)
-        word = "On" if on else "Off"
-        reply = strip_command(self.state, f"Power{n.id} {word}")
-        if reply.get(f"POWER{n.id}") != word.upper():
-            raise LabError(f"the power strip answered {reply} to Power{n.id} {word}")
+        switch_outlet(self.state, node, on)
 
     def signal(self, node: str, sig: signal.Signals) -> bool:
         """Signal the node's agent (its process group); False if it is not running."""
-        n = self.refresh().node(node)
-        if n.pid is None or n.power == "off":
-            return False
         try:
-            os.killpg(n.pid, sig)
-        except ProcessLookupError:
+            signal_node(self.refresh(), node, sig)
+        except LabError:
             return False
         return True
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.lab.cli import LabError
+from appliance.lab.cli import LabError, run_lab
 from appliance.lab.probe import Connection, node_info
 from appliance.lab.torture.checks import (
     CheckResult,
@@ -178,21 +177,6 @@ def replay_command(c: RunConfig, count: int) -> str:
     return " ".join(parts)
 
 
-# -- the lab ----------------------------------------------------------------------------------
-
-
-def _lab(lab_dir: Path, *args: str, timeout: float = 90.0) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "appliance", "lab", *args, "--dir", str(lab_dir)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise LabError(f"appliance lab {args[0]}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
-
-
 # -- measuring and checking -------------------------------------------------------------------
 
 
@@ -296,7 +280,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> Report:
     log(f"seed {config.seed}: schedule")
     log(schedule.describe() if config.duration_s is None else "(soak: steps drawn as it goes)")
     up = ["up", "--nodes", str(config.nodes), "--replication", config.replication]
-    _lab(lab_dir, *up, *(["--netns"] if config.netns else []))
+    run_lab(lab_dir, *up, *(["--netns"] if config.netns else []))
     history = History()
     try:
         lab = LabControl(lab_dir)
@@ -390,7 +374,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> Report:
         if not report.finished:
             report.finished = time.monotonic()
         try:
-            _lab(lab_dir, "down")
+            run_lab(lab_dir, "down")
         except (LabError, subprocess.TimeoutExpired) as e:
             report.errors.append(f"lab down: {e}")
     path = out_dir / "report.json"
