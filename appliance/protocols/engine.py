@@ -166,10 +166,10 @@ class NodeEngine:
             self.member.flush(now)
             self.gateway.flush(now)
             batch = self.out.take()
-            if not batch:
+            if not batch and not self.out.local:
                 break
             sent.extend(batch)
-            self._loop_back(now)
+            self._loop_back(now)  # what went to our own node, sent or not (see Outbox.emit)
         return sent
 
     def _loop_back(self, now: float) -> None:
