@@ -8,7 +8,7 @@ The client writes from the host namespace through the bridge to VIP:6379, exactl
 the other systems (:func:`benchmarks.failover.run_trial`, with a short socket timeout so a
 write hanging on a vanished node is abandoned quickly, as a careful client would).
 
-A trial pulls ``a``'s power: its bridge port goes down (nothing more leaves it, no last advert,
+A trial pulls ``a``'s power (at a random point of its advert cycle): its bridge port goes down (nothing more leaves it, no last advert,
 no TCP reset) and its keepalived and redis-server are SIGKILLed. The gap runs from that moment
 to the first write acknowledged through the VIP, now on ``b``: ``b``'s master-down timer
 (3 adverts plus a skew), its gratuitous ARP, the host's neighbour cache taking the new MAC
@@ -28,6 +28,7 @@ import contextlib
 import functools
 import ipaddress
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -227,14 +228,12 @@ class Testbed:
         """The VIP is on ``a`` only, and a write through it lands on ``a``'s redis-server."""
         if not self.holds_vip("a") or self.holds_vip("b"):
             return False
-        via = self._client(self.vip)
+        via, direct = self._client(self.vip), self._client(self.addr["a"])
         try:
-            return bool(
-                via.info("server")["run_id"]
-                == self._client(self.addr["a"]).info("server")["run_id"]
-            )
+            return bool(via.info("server")["run_id"] == direct.info("server")["run_id"])
         finally:
             via.close()
+            direct.close()
 
     def _kill(self, n: str) -> None:
         """SIGKILL keepalived (parent and VRRP child, by their pid files) and redis-server."""
@@ -279,6 +278,17 @@ def _vip(bed: Testbed) -> tuple[str, int]:
     return (bed.vip, PORT)
 
 
+def _pull_at_random_phase(bed: Testbed, rng: random.Random) -> float:
+    """Pull ``a``'s power at a random point between two of its adverts.
+
+    A trial starts soon after ``a`` became master (and sent an advert), so without this the
+    kill would always fall at the same phase of the advert cycle, and the gap (the backup's
+    timer runs from the last advert it heard) would look steadier than it is.
+    """
+    time.sleep(rng.uniform(0, bed.settings.advert_int))
+    return bed.pull_power("a")
+
+
 def _summary(gaps: list[float], timed_out: int, failed: list[float]) -> dict[str, Any]:
     trials = [{"gap_ms": g, "failed_writes": f} for g, f in zip(gaps, failed, strict=True)]
     return {
@@ -313,7 +323,12 @@ def run(
     if reason is not None:
         say(f"keepalived VIP failover skipped: {reason}")
         return {"failover": {}, "keepalived": info | {"skipped": reason}}
+    version = subprocess.run(["keepalived", "-v"], capture_output=True, text=True, timeout=10)
+    # "Keepalived v2.2.7 (01/16,2022)" on stderr
+    words = (version.stderr + version.stdout).split()
+    info["version"] = next((w[1:] for w in words if w.startswith("v") and w[1:2].isdigit()), "?")
     out: dict[str, Any] = {}
+    rng = random.Random(0x6B61)  # a fixed seed: the same kill phases run after run
     for s in settings:
         gaps: list[float] = []
         failed: list[float] = []
@@ -325,7 +340,7 @@ def run(
                 try:
                     r = failover.run_trial(
                         functools.partial(_vip, bed),
-                        functools.partial(bed.pull_power, "a"),
+                        functools.partial(_pull_at_random_phase, bed, rng),
                         timeout=TRIAL_TIMEOUT,
                         socket_timeout=SOCKET_TIMEOUT,
                     )

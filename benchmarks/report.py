@@ -87,9 +87,16 @@ def render(r: dict[str, Any], source: str) -> str:
             for n, f in r["failover"].items()
         ],
     )
-    skipped = r.get("keepalived", {}).get("skipped")
-    if skipped:
-        lines += ["", f"keepalived VIP failover: not measured ({skipped})."]
+    ka = r.get("keepalived", {})
+    if ka.get("skipped"):
+        lines += ["", f"keepalived VIP failover: not measured ({ka['skipped']})."]
+    elif ka:
+        lines += [
+            "",
+            f"keepalived {ka['version']}: two network namespaces on a bridge, unicast VRRP, "
+            f"client socket timeout {ka['socket_timeout_s'] * 1000:.0f} ms; the address moves, "
+            "the data does not (the two Redis servers behind it are not replicated).",
+        ]
     lines += ["", "**Scaling** (appliance, semi-active)", ""]
     lines += _table(
         ["replicas", "p50 ms", "p99 ms"],
