@@ -8,12 +8,12 @@ The client writes from the host namespace through the bridge to VIP:6379, exactl
 the other systems (:func:`benchmarks.failover.run_trial`, with a short socket timeout so a
 write hanging on a vanished node is abandoned quickly, as a careful client would).
 
-A trial pulls ``a``'s power (at a random point of its advert cycle): its bridge port goes down (nothing more leaves it, no last advert,
-no TCP reset) and its keepalived and redis-server are SIGKILLed. The gap runs from that moment
-to the first write acknowledged through the VIP, now on ``b``: ``b``'s master-down timer
-(3 adverts plus a skew), its gratuitous ARP, the host's neighbour cache taking the new MAC
-address, and the client's reconnection. Then ``a`` is restored and takes the VIP back
-(preemption) before the next trial.
+A trial pulls ``a``'s power, at a random point of its advert cycle: its bridge port goes down
+(nothing more leaves it, no last advert, no TCP reset) and its keepalived and redis-server are
+SIGKILLed. The gap runs from that moment to the first write acknowledged through the VIP, now
+on ``b``: ``b``'s master-down timer (3 adverts plus a skew), its gratuitous ARP, the host's
+neighbour cache taking the new MAC address, and the client's reconnection. Then ``a`` is
+restored and takes the VIP back (preemption) before the next trial.
 
 keepalived moves an address, not data: the two Redis servers are not replicated here, so what
 ``a`` acknowledged before the kill is gone. The figure is the availability gap only.
