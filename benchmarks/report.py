@@ -80,7 +80,12 @@ def render(r: dict[str, Any], source: str) -> str:
             [
                 n,
                 str(len(f["trials"]))
-                + (f" (+{f['timed_out']} timed out)" if f.get("timed_out") else ""),
+                + (f" (+{f['timed_out']} timed out)" if f.get("timed_out") else "")
+                + (
+                    f", {f['spurious_takeovers']} false takeovers"
+                    if f.get("spurious_takeovers")
+                    else ""
+                ),
                 "-" if f["median_ms"] is None else f"{f['median_ms']:.0f}",
                 "-" if f["worst_ms"] is None else f"{f['worst_ms']:.0f}",
             ]
