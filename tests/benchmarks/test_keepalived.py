@@ -58,3 +58,17 @@ def test_one_trial_fails_over_to_b_and_leaves_nothing_behind(tmp_path: Path) -> 
     left += subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     tag = f"bkv{os.getpid()}"
     assert tag not in left
+
+
+def test_without_root_the_phase_is_skipped_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    said: list[str] = []
+    results = keepalived.run(tmp_path, 10, said.append)
+    assert results["failover"] == {}
+    assert "root" in results["keepalived"]["skipped"] and "root" in said[0]
+    assert set(results["keepalived"]["settings"]) == {
+        s.label for s in (keepalived.DEFAULT, keepalived.AGGRESSIVE, keepalived.FASTEST)
+    }
+    assert list(tmp_path.iterdir()) == []  # nothing was built
