@@ -40,12 +40,16 @@ unit: $(BIN)/.installed
 # provisioning system test (about 5 minutes); otherwise it skips, saying why.
 test: lint typecheck unit
 
-# Side-by-side benchmarks against Redis (+ replica, + Sentinel) and PySyncObj: about 20 minutes.
-# Installs Debian's redis-server when root and missing, and the `bench` extra into .venv;
+# Side-by-side benchmarks against Redis (+ replica, + Sentinel), PySyncObj and keepalived VIP
+# failover: about 20 minutes. Installs Debian's redis-server and keepalived when root and
+# missing (keepalived's phase needs root; without it the results say it was skipped), and the
+# `bench` extra into .venv;
 # writes benchmarks/results/<date>.json and .png, then the table in docs/performance.md.
 bench: $(BIN)/.installed
 	@command -v redis-server >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+	@command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq keepalived >/dev/null)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.report --update docs/performance.md

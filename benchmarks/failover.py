@@ -38,6 +38,8 @@ class Writer(threading.Thread):
     target: Callable[[], tuple[str, int] | None]
     pace: float = 0.0
     """Seconds to sleep between writes (0: back to back)."""
+    timeout: float = 2.0
+    """Socket (connect and read) timeout: how long a write may hang on a vanished server."""
     ops: list[Op] = field(default_factory=list)
     halt: threading.Event = field(default_factory=threading.Event)
 
@@ -55,7 +57,7 @@ class Writer(threading.Thread):
                     addr = self.target()
                     if addr is None:
                         raise ConnectionError("no target")
-                    r = connect(*addr, timeout=2.0)
+                    r = connect(*addr, timeout=self.timeout)
                 r.set(f"failover:{i}", VALUE)
             except (redis.RedisError, OSError):
                 self.ops.append(Op(t0, time.time(), False))
@@ -99,9 +101,10 @@ def run_trial(
     kill: Callable[[], float],
     pace: float = 0.0,
     timeout: float = 120.0,
+    socket_timeout: float = 2.0,
 ) -> dict[str, float]:
     """Write, kill (``kill`` returns when it struck), wait for recovery; the trial's figures."""
-    w = Writer(target, pace)
+    w = Writer(target, pace, socket_timeout)
     w.start()
     try:
         deadline = time.monotonic() + 30

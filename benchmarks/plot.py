@@ -50,7 +50,8 @@ def render(results: dict[str, Any], path: Path) -> Path:
     for i, n in enumerate(fnames):
         gaps = [t["gap_ms"] for t in fo[n]["trials"]]
         ax.scatter(gaps, [i] * len(gaps), alpha=0.6)
-        ax.plot([fo[n]["median_ms"]], [i], "k|", markersize=20)
+        if fo[n]["median_ms"] is not None:  # None: every trial timed out
+            ax.plot([fo[n]["median_ms"]], [i], "k|", markersize=20)
     ax.set_yticks(list(range(len(fnames))), fnames, fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("failover gap per trial (ms, log; bar = median)")

@@ -77,10 +77,31 @@ def render(r: dict[str, Any], source: str) -> str:
     lines += _table(
         ["system", "trials", "median ms", "worst ms"],
         [
-            [n, str(len(f["trials"])), f"{f['median_ms']:.0f}", f"{f['worst_ms']:.0f}"]
+            [
+                n,
+                str(len(f["trials"]))
+                + (f" (+{f['timed_out']} timed out)" if f.get("timed_out") else "")
+                + (
+                    f", {f['spurious_takeovers']} false takeovers"
+                    if f.get("spurious_takeovers")
+                    else ""
+                ),
+                "-" if f["median_ms"] is None else f"{f['median_ms']:.0f}",
+                "-" if f["worst_ms"] is None else f"{f['worst_ms']:.0f}",
+            ]
             for n, f in r["failover"].items()
         ],
     )
+    ka = r.get("keepalived", {})
+    if ka.get("skipped"):
+        lines += ["", f"keepalived VIP failover: not measured ({ka['skipped']})."]
+    elif ka:
+        lines += [
+            "",
+            f"keepalived {ka['version']}: two network namespaces on a bridge, unicast VRRP, "
+            f"client socket timeout {ka['socket_timeout_s'] * 1000:.0f} ms; the address moves, "
+            "the data does not (the two Redis servers behind it are not replicated).",
+        ]
     lines += ["", "**Scaling** (appliance, semi-active)", ""]
     lines += _table(
         ["replicas", "p50 ms", "p99 ms"],
@@ -123,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     path: Path | None = args.results
     if path is None:
-        files = sorted(RESULTS.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        files = sorted(
+            (p for p in RESULTS.glob("*.json") if "-only-" not in p.name),  # one phase alone
+            key=lambda p: p.stat().st_mtime,
+        )
         if not files:
             print(f"no results in {RESULTS}: run make bench first", file=sys.stderr)
             return 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover, faults
+from benchmarks import failover, faults, keepalived
 from benchmarks.client import connect, sequential_writes
 from benchmarks.lab import Lab
 from benchmarks.load import LoadSpec, run_load
@@ -79,6 +79,8 @@ class Mode:
     faults_on_failover_lab: bool = False
     """Run the backup-fault phase on the semi-active failover lab instead of a fresh one (the
     quick mode: every lab started costs seconds, and the smoke run only proves the phases)."""
+    keepalived: bool = False
+    """Whether to measure keepalived VIP failover too (root only; ``failover_trials`` each)."""
 
 
 FULL = Mode(
@@ -95,6 +97,7 @@ FULL = Mode(
     idle_seconds=3.0,
     systems=(*APPLIANCE_LABS, REDIS, REDIS_WAIT, PYSYNCOBJ, PYSYNCOBJ_BATCH),
     failover_labs=("semi-active", "semi-passive"),
+    keepalived=True,
 )
 QUICK = Mode(
     name="quick",
@@ -417,6 +420,10 @@ def run(mode: Mode, out_dir: Path, plot: bool) -> Path:
         finally:
             for lab in labs.values():
                 lab.close()
+        if mode.keepalived:  # after the labs are down: their idle agents would tax it
+            ka = keepalived.run(workdir, mode.failover_trials, _say)
+            results["failover"] |= ka["failover"]
+            results["keepalived"] = ka["keepalived"]
         if not mode.faults_on_failover_lab:
             results["faults"] = faults.run(workdir, mode.fault_trials, mode.join_keys, _say)
     lat = results["latency"]
@@ -439,12 +446,39 @@ def run(mode: Mode, out_dir: Path, plot: bool) -> Path:
     return path
 
 
+def run_only(phase: str, mode: Mode, out_dir: Path) -> Path:
+    """One phase alone (``--only``), into ``<date>-only-<phase>.json`` (the report skips it)."""
+    started = time.time()
+    results: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
+        "mode": mode.name,
+        "machine": describe(),
+    }
+    with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp:
+        if phase == "keepalived":
+            results |= keepalived.run(Path(tmp), mode.failover_trials, _say)
+    results["seconds"] = round(time.time() - started, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{results['date']}-only-{phase}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    _say(f"results: {path} ({results['seconds']:.0f} s)")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a smoke run of every phase")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG (needs matplotlib)")
+    ap.add_argument(
+        "--only",
+        choices=["keepalived"],
+        help="run one phase alone, with the mode's trial count (--quick: 1 trial)",
+    )
     args = ap.parse_args(argv)
+    if args.only:
+        run_only(args.only, QUICK if args.quick else FULL, args.out)
+        return 0
     run(QUICK if args.quick else FULL, args.out, plot=not args.no_plot)
     return 0
 
