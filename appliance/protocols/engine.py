@@ -141,7 +141,11 @@ class NodeEngine:
         return self.member.step_down(now).node
 
     def fence_result(self, node: int, ok: bool, now: float) -> None:
+        """The outcome of a ``FenceRequested``: acted on at once (the fenced backup removed, or
+        the candidacy's proposal sent), not at the next tick half a heartbeat later, since
+        output waits on it."""
         self.member.fence_result(node, ok, now)
+        self.member.tick(now)
 
     def provide_snapshot(self, snapshot_id: int, app_state: bytes, now: float) -> None:
         self.member.provide_snapshot(snapshot_id, app_state, now)

@@ -809,6 +809,17 @@ class GroupMember:
                 self._advance_commit(body.commit)
         elif body.role in (Role.BACKUP, Role.LEARNING):
             self._note_ack(node, body.delivered, now)
+            src = self.learning_from
+            if (
+                self.role is Role.LEARNING
+                and src is not None
+                and src == Member(node, h.incarnation)
+                and body.role is Role.BACKUP
+            ):
+                # The primary we learn from handed its role over: our admission ended with its
+                # reign, and following its records (should it be primary again) would count as
+                # progress forever without ever being accepted. Join afresh.
+                self._reset(f"node {node} stopped being primary during our state transfer", now)
 
     def _on_primary_announcement(self, h: Header, members: tuple[Member, ...], now: float) -> None:
         """Someone says it is primary of view ``h.view``: follow it, step down, or rejoin."""
@@ -1169,6 +1180,27 @@ class GroupMember:
         self._install_view(view, now)
         self._emit(RemoveBackup(view.members, node))
         self._primary_commit()
+        self._announce_reign()
+
+    def _announce_reign(self) -> None:
+        """The primary installed a view of its own: release the output held under the old one.
+
+        A gateway holds each tentative reply until it sees commit evidence of the *reign* (view
+        number, primary) the reply was sent in: that view's backups confirming its input, or the
+        primary announcing a commit point that covers it. A new view is a new reign, so that
+        evidence stops: a removed backup never confirms again, and what the new view's members
+        confirm does not count for replies sent before it. Left alone, those replies would wait
+        for the retransmission timer, which has backed off while the failed member held the
+        commit point still. So every reply not yet acknowledged is resent now, under the new
+        view and listing its backups, and the commit point is announced in it (an ORDER).
+
+        Output commit is kept: the new view's commit point counts only its members, each of
+        which holds what it confirmed, and a resent reply is released only on evidence of the
+        new view.
+        """
+        for ob in self.outbound.values():
+            ob.resend_unacked()
+        self._emit(Order(self.commit))
 
     def _abort_candidacy(self, reason: str, now: float) -> None:
         self.candidacy = None
@@ -1228,6 +1260,7 @@ class GroupMember:
             ob.take_over()
         self._emit(NewView(view.members, self.delivered))
         self._primary_commit()
+        self._announce_reign()  # take_over already marked the sent list due
         self._order_ready()
 
     # ------------------------------------------------------------------ timers
@@ -1347,6 +1380,7 @@ class GroupMember:
                 self._install_view(view, now)
                 self.confirming = Confirming(adm.joiner, view, waiting)
                 self._emit(AcceptBackup(view.members, j))
+                self._announce_reign()
         elif adm.chunks is not None and now > adm.last_sent + self.cfg.join_retry * 5:
             self._send_chunks(adm, range(len(adm.chunks)), now)
         elif adm.blob is not None and now >= adm.last_sent + self.cfg.join_retry:

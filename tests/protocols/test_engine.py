@@ -70,6 +70,19 @@ def test_two_nodes_form_a_group_and_serve_a_request() -> None:
     assert roles == [Role.PRIMARY]
 
 
+def test_a_fenced_backup_is_removed_when_the_fence_reports_not_at_the_next_tick() -> None:
+    a, b = NodeEngine(config(), 1, 1, 0.0), NodeEngine(config(), 2, 1, 0.0)
+    seen: dict[int, list[Event]] = {}
+    pump([a, b], 0.0, 1.5, seen)
+    assert a.role is Role.PRIMARY and a.member.view is not None and 2 in a.member.view
+    pump([a], 1.5, 1.5 + a.cfg.silence_timeout + 0.01, seen)  # b lost its power
+    assert [ev.node for ev in seen[1] if isinstance(ev, FenceRequested)] == [2]
+    done = a.get_timer() - 0.001  # the fence completes between two timers
+    a.fence_result(2, True, done)
+    assert a.member.view is not None and a.member.view.nodes == (1,)
+    assert a.get_timer() >= done  # nothing left undone for the timer
+
+
 def test_wrong_key_and_wrong_cluster_are_counted_not_obeyed() -> None:
     a = NodeEngine(config(), 1, 1, 0.0)
     stranger = NodeEngine(ProtocolConfig(cluster_id=7, nodes=(1, 2), key=b"x" * 32), 2, 1, 0.0)

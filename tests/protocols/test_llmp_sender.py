@@ -447,6 +447,23 @@ def test_send_of_already_acked_seq_keeps_nothing() -> None:
     assert ob.pending() == [(3, b"c")]
 
 
+def test_resend_unacked_puts_sent_messages_back_on_the_wire_at_once() -> None:
+    ob = make()
+    fill(ob, 3)
+    transmit(ob, 0.0)
+    ob.on_ack(1, 0.001)
+    transmit(ob, RTO)  # 2 and 3 time out once: the timer backs off
+    assert ob.rtt.backoff == 2
+    ob.send(b"held back", after=9)
+    ob.released = 8  # output commit: message 4 (of input 9) may not leave yet
+    ob.resend_unacked()
+    assert ob.next_deadline() == 0.0
+    assert transmit(ob, RTO + 0.001) == [2, 3]  # long before the backed-off timeout
+    assert ob.rtt.backoff == 2  # not a timeout, so no further backoff
+    assert ob.retransmissions == 4
+    assert ob.due(RTO + 0.002) == []
+
+
 def test_take_over_marks_everything_due_and_continues_numbering() -> None:
     ob = make()
     ob.log(1, b"a")

@@ -16,7 +16,13 @@ from appliance.protocols.events import HandoverFinished
 from appliance.protocols.group import HandoverPhase, StepDownRefused
 from appliance.protocols.messages import Role
 from appliance.sim.cluster import SimCluster
-from tests.sim.test_scenarios import formed_cluster, primary, settle_and_check, view_of
+from tests.sim.test_scenarios import (
+    formed_cluster,
+    primary,
+    settle_and_check,
+    view_of,
+    with_backup_removed,
+)
 
 
 def finished(c: SimCluster) -> HandoverFinished | None:
@@ -163,4 +169,27 @@ def test_a_successor_that_leaves_meanwhile_passes_the_offer_to_the_next_rank() -
     assert result is not None and result.ok and result.successor == third
     assert primary(c) == third
     assert len(c.fence_log) == fences
+    settle_and_check(c)
+
+
+def test_a_joiner_whose_snapshot_source_hands_over_joins_again_at_once() -> None:
+    # The step-down drops the admission, but the snapshot it offered may still be fetched: the
+    # joiner then learns from a node that is no longer primary (and that, should it be primary
+    # again, has no admission for it). It must start over, not wait for join_timeout.
+    c, p, joiner = with_backup_removed(37)
+    c.fetch_rate, c.fetch_reset = 1e5, 0.0  # about 15 ms: longer than the hand-over
+    fetches = c.stats.fetches
+    c.at(c.now, "power_on", joiner)
+    assert c.wait_for(lambda: c.stats.fetches > fetches, 1.0)
+    successor = c.step_down(p)
+    assert successor is not None
+    assert c.wait_for(lambda: finished(c) is not None, 1.0)
+    c.power_off(successor, "the successor dies at once: the old primary takes over again")
+    assert c.wait_for(lambda: c.role(joiner) is Role.LEARNING, 1.0)
+    eng = c.nodes[joiner].engine
+    assert eng is not None and eng.member.learning_from is not None
+    assert eng.member.learning_from.node == p, "the fetch did not outlive the hand-over"
+    c.at(c.now + 0.3, "power_on", successor)
+    assert c.wait_for(c.formed, 2.0), "the joiner kept learning from a node with no admission"
+    assert c.cfg.join_timeout > 2.0
     settle_and_check(c)

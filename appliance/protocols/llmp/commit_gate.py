@@ -13,7 +13,9 @@ to the client once it learns the commit, from whichever comes first:
 A reign, not a view number, names the log an index counts in: on the two sides of a partition
 two primaries can number their views alike.
 
-Until released, a reply is not acknowledged, so the primary keeps it on its sent list. If the
+Until released, a reply is not acknowledged, so the primary keeps it on its sent list; when it
+installs a new view (a new reign: evidence of the old one stops) it resends those replies under
+the new one at once, so they need not wait for its retransmission timer. If the
 primary fails first, the input may be lost with it and a new primary may give the same sequence
 number to a different reply: a reply from a newer view replaces a held one. A released reply is
 committed, so every future primary holds the same one.

@@ -82,6 +82,19 @@ class OutboundConnection:
         for m in self._sent.values():
             m.due = True
 
+    def resend_unacked(self) -> None:
+        """Put everything already sent but not yet acknowledged on the wire again, now.
+
+        For a sender whose messages are judged by the context they were sent in: the receiver
+        of a reply (the gateway's commit gate) counts commit evidence only within the reign the
+        reply was sent in, so when the primary installs a new view it resends its unacknowledged
+        output under the new one instead of leaving it to the retransmission timer, which has
+        backed off by then. Not a timeout: the RTO estimate is left as it is.
+        """
+        for m in self._sent.values():
+            if m.first_sent is not None:
+                m.due = True
+
     # -- acknowledgements ----------------------------------------------------------------
 
     def on_ack(self, ack: int, now: float, credit: int | None = None) -> bool:
