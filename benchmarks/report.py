@@ -108,15 +108,20 @@ def render(r: dict[str, Any], source: str) -> str:
         [[n, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}"] for n, s in r["scaling"].items()],
     )
     f = r["faults"]
-    b, j = f["backup_failure"], f["join"]
+    if "error" in f:
+        lines += ["", f"**Faults of a backup**: the phase did not complete: {f['error']}"]
+    else:
+        b, j = f["backup_failure"], f["join"]
+        lines += [
+            "",
+            f"**Faults of a backup**: write stall when a backup's plug is pulled: median "
+            f"{b['median_stall_ms']:.0f} ms, worst {b['worst_stall_ms']:.0f} ms "
+            f"({len(b['stalls_ms'])} trials). Join by state transfer of {j['keys']} keys: "
+            f"{j['join_seconds']} s, client p99 {j['joining_p99_ms']:.1f} ms during the join "
+            f"against {j['normal_p99_ms']:.1f} ms before ({j['p99_ratio']:.2f}x, "
+            f"{j['writes_during_joins']} writes).",
+        ]
     lines += [
-        "",
-        f"**Faults of a backup**: write stall when a backup's plug is pulled: median "
-        f"{b['median_stall_ms']:.0f} ms, worst {b['worst_stall_ms']:.0f} ms "
-        f"({len(b['stalls_ms'])} trials). Join by state transfer of {j['keys']} keys: "
-        f"{j['join_seconds']} s, client p99 {j['joining_p99_ms']:.1f} ms during the join "
-        f"against {j['normal_p99_ms']:.1f} ms before ({j['p99_ratio']:.2f}x, "
-        f"{j['writes_during_joins']} writes).",
         "",
         "**Resources** (per process: CPU % of one core, RSS MiB)",
         "",

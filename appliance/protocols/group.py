@@ -798,8 +798,9 @@ class GroupMember:
             and self.learning_from == Member(node, h.incarnation)
         ):
             # Only a primary admits: ours stepped down or lost the role, and with it our
-            # admission. Rejoin now rather than after join_timeout (its successor may have
-            # died before we ever heard it announce itself).
+            # admission. Rejoin now: following its records (should it be primary again) would
+            # count as progress forever without ever being accepted, and its successor may
+            # have died before we heard it announce itself.
             self._reset(f"node {node}, the source of our state, is no longer primary", now)
             return
         if body.role is Role.PRIMARY:
@@ -809,17 +810,6 @@ class GroupMember:
                 self._advance_commit(body.commit)
         elif body.role in (Role.BACKUP, Role.LEARNING):
             self._note_ack(node, body.delivered, now)
-            src = self.learning_from
-            if (
-                self.role is Role.LEARNING
-                and src is not None
-                and src == Member(node, h.incarnation)
-                and body.role is Role.BACKUP
-            ):
-                # The primary we learn from handed its role over: our admission ended with its
-                # reign, and following its records (should it be primary again) would count as
-                # progress forever without ever being accepted. Join afresh.
-                self._reset(f"node {node} stopped being primary during our state transfer", now)
 
     def _on_primary_announcement(self, h: Header, members: tuple[Member, ...], now: float) -> None:
         """Someone says it is primary of view ``h.view``: follow it, step down, or rejoin."""

@@ -158,5 +158,19 @@ class Replicator:
     def snapshot(self) -> bytes:
         return self.app.snapshot()
 
+    def snapshot_later(self) -> Callable[[], bytes]:
+        """The application's state as of now, serialised when the result is called.
+
+        An application with a ``snapshot_later`` of its own copies its state cheaply and leaves
+        the encoding to the call, which a host can run in a worker thread; otherwise the
+        snapshot is taken at once and the call only returns it.
+        """
+        later = getattr(self.app, "snapshot_later", None)
+        if later is not None:
+            build: Callable[[], bytes] = later()
+            return build
+        blob = self.app.snapshot()
+        return lambda: blob
+
     def restore(self, data: bytes) -> None:
         self.app.restore(data)

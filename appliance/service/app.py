@@ -42,6 +42,10 @@ class KVApplication:
     def snapshot(self) -> bytes:
         return self.store.snapshot()
 
+    def snapshot_later(self) -> Callable[[], bytes]:
+        """The snapshot of now, to serialise later (off the event loop: see KVStore)."""
+        return self.store.snapshot_later()
+
     def restore(self, data: bytes) -> None:
         self.store = KVStore.restore(data, self.det, self.info)
 

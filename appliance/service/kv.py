@@ -514,11 +514,26 @@ class KVStore:
 
     def snapshot(self) -> bytes:
         """The whole state (keys, values, expiry times), canonical: equal states, equal bytes."""
-        w = Writer().u8(_SNAPSHOT_VERSION).u32(len(self._data))
-        for key in sorted(self._data):
-            w.blob(key).blob(self._data[key])
-            _put_at(w, self._expires.get(key))
-        return w.getvalue()
+        return self.snapshot_later()()
+
+    def snapshot_later(self) -> Callable[[], bytes]:
+        """:meth:`snapshot` of the state as it is now, serialised when the result is called.
+
+        Only the dictionaries are copied here (values are immutable bytes), which is quick at
+        any size; sorting and encoding a large store takes far longer, and the caller may do it
+        in a worker thread while this store goes on changing.
+        """
+        data = dict(self._data)
+        expires = dict(self._expires)
+
+        def build() -> bytes:
+            w = Writer().u8(_SNAPSHOT_VERSION).u32(len(data))
+            for key in sorted(data):
+                w.blob(key).blob(data[key])
+                _put_at(w, expires.get(key))
+            return w.getvalue()
+
+        return build
 
     @classmethod
     def restore(
