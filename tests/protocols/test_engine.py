@@ -176,3 +176,30 @@ def test_peers_report_last_heard_wire_and_suspicion() -> None:
     assert peers[0]["suspicion"] is None
     late = eng.peers(10.5)[0]
     assert late["health"] == "silent" and "no datagram for 0.500 s" in str(late["suspicion"])
+
+
+def test_replies_to_our_own_gateway_never_leave_the_process() -> None:
+    """Nobody else listens to a node's gateway group: its replies are handed over in-process,
+    and released at once (not at the next datagram that happens to be sent)."""
+    from appliance.protocols.config import gateway_group
+    from appliance.protocols.wire.datagram import decode
+
+    a = NodeEngine(config((1,)), 1, 1, 0.0)
+    pump([a], 0.0, 1.5)
+    assert a.role is Role.PRIMARY
+    seq = a.submit(b"request")
+    now = 1.6
+    sent = a.datagrams_to_send(now)
+    replies: list[ReplyReceived] = []
+    for _ in range(3):  # the host's turn: execute, reply, flush, as the driver does
+        while (ev := a.next_event()) is not None:
+            if isinstance(ev, Delivered) and ev.payload == b"request":
+                a.send(ev.src_group, ev.conn_id, b"reply", after=ev.index)
+            elif isinstance(ev, ReplyReceived):
+                replies.append(ev)
+        sent += a.datagrams_to_send(now)
+    assert replies == [ReplyReceived(seq, b"reply")]
+    headers = [decode(d, KEY, 7).header for d in sent]
+    assert headers, "the request itself still goes to the group"
+    assert all(h.dst_group != gateway_group(1) for h in headers)
+    assert a.out.local_only >= 1

@@ -706,6 +706,20 @@ def test_snapshot_restore_round_trip_preserves_digest_and_ttls(h: Harness) -> No
     assert restored.execute(args("DBSIZE")).reply == 3
 
 
+def test_a_later_snapshot_is_of_the_state_when_it_was_asked_for(h: Harness) -> None:
+    """The agent encodes a joiner's snapshot in a worker thread while writes go on."""
+    h("MSET", "a", 1, "b", 2)
+    h("SET", "t", "v", "PX", 5000)
+    before = h.store.snapshot()
+    build = h.store.snapshot_later()
+    h("SET", "a", "changed")
+    h("DEL", "b")
+    h("SET", "new", "x")
+    h("PERSIST", "t")
+    assert build() == before
+    assert h.store.snapshot() != before
+
+
 def test_restore_rejects_malformed_snapshots(h: Harness) -> None:
     h("MSET", "a", 1, "b", 2)
     good = h.store.snapshot()

@@ -134,3 +134,17 @@ def test_every_message_type_passes() -> None:
         assert f.accept(encode(datagram(t, packet_number=pn), KEY)) is not None
     assert f.accepted == len(MessageType)
     assert datagram_module.DEFAULT_MAX_DATAGRAM == 1472
+
+
+def test_own_datagrams_are_recognised_before_the_hmac() -> None:
+    """Multicast loopback returns every send: they are dropped from the raw header, unverified."""
+    f = DatagramFilter(KEY, CLUSTER, own_node=2)
+    own = wire(src_node=2, packet_number=7)
+    assert f.looped_back(own)
+    assert f.looped_back(own[:-1] + bytes([own[-1] ^ 1]))  # not verified: dropped all the same
+    assert not f.looped_back(wire(src_node=3, packet_number=7))
+    assert not f.looped_back(own[:20])  # too short to be a datagram: for accept() to reject
+    assert f.own == 2 and f.rejected == {}
+    other_cluster = DatagramFilter(KEY, CLUSTER + 1, own_node=2)
+    assert not other_cluster.looped_back(own)  # another cluster's node 2 is not us
+    assert not DatagramFilter(KEY, CLUSTER).looped_back(own)  # no own node: nothing is ours
