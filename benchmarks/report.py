@@ -108,6 +108,8 @@ def render(r: dict[str, Any], source: str) -> str:
         [[n, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}"] for n, s in r["scaling"].items()],
     )
     f = r["faults"]
+    if "faults_source" in r:
+        lines += ["", f"The backup faults below were {r['faults_source']}."]
     if "error" in f:
         lines += ["", f"**Faults of a backup**: the phase did not complete: {f['error']}"]
     else:

@@ -206,6 +206,12 @@ class Fetch:
     busy: bool = True
 
 
+LEARNING_LIMIT = 4
+"""A learner not accepted within this many join timeouts starts over, progress or not. Its
+primary may have dropped the admission (the joiner looked failed while it loaded a large
+snapshot) without a word: following the live traffic then counts as progress forever."""
+
+
 class GroupMember:
     """A node's replica in one process group (the replicated service)."""
 
@@ -448,6 +454,20 @@ class GroupMember:
         if node == self.me.node or node not in self.fd.watched():
             return False
         return self.fd.health(node, now) is not Health.ALIVE
+
+    def _joiner_gone(self, node: int, now: float) -> bool:
+        """Whether to give up admitting ``node``: restarted, or unheard for half a join timeout.
+
+        Not as soon as it looks failed: a joiner loading a large snapshot stands still for a
+        while (its wire flat, its heartbeats late), and it is no member, so waiting costs
+        nothing but the snapshot held for it. Dropping it there made it start over forever.
+        """
+        if node in self.dead:
+            return True
+        if node not in self.fd.watched():
+            return False
+        s = self.fd.suspicion(node, now)
+        return s is not None and s.silent_for >= self.cfg.join_timeout / 2
 
     def _proven_down(self, node: int, now: float) -> bool:
         """Restarted (new incarnation) or silent with a flat heartbeat wire."""
@@ -1341,7 +1361,9 @@ class GroupMember:
         acked = self.acks.get(j, 0)
         if adm.installed and acked > adm.progress[0]:
             adm.progress = (acked, now)
-        if now > max(adm.started, adm.progress[1]) + self.cfg.join_timeout or self._failed(j, now):
+        if now > max(adm.started, adm.progress[1]) + self.cfg.join_timeout or self._joiner_gone(
+            j, now
+        ):
             self._end_admission()
         elif adm.installed:
             if not adm.freeze and (
@@ -1502,6 +1524,7 @@ class GroupMember:
         if (
             src is None
             or now > max(self.learning_since, self.learning_progress[1]) + self.cfg.join_timeout
+            or now > self.learning_since + LEARNING_LIMIT * self.cfg.join_timeout
             or self._failed(src.node, now)
         ):
             self._reset("state transfer did not complete", now)
