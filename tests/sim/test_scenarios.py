@@ -456,3 +456,21 @@ def test_replies_held_by_a_failed_backup_are_released_as_soon_as_it_is_removed(
     # to 0.45 s after the removal in this run.
     assert max(held.values()) - t_view < 0.0035, sorted(t - t_view for t in held.values())
     settle_and_check(c)
+
+
+def test_a_joiner_that_stands_still_loading_its_snapshot_is_still_admitted() -> None:
+    """Loading a large snapshot holds a joiner still (its wire flat, its heartbeats late); it
+    is admitted all the same once it moves again. (In the lab, with a 100,000-key snapshot, the
+    primary used to drop such an admission and the learner was never accepted.)"""
+    c = formed_cluster(seed=23)
+    p = primary(c)
+    joiner = view_of(c, p)[-1]
+    c.power_off(joiner, "pull")
+    assert c.wait_for(lambda: joiner not in view_of(c, p), 1.0)
+    c.at(c.now, "power_on", joiner)
+    assert c.wait_for(lambda: c.role(joiner) is Role.LEARNING, 2.0)
+    c.pause(joiner)
+    c.run_until(c.now + 1.0)  # well past the flat-wire and silence timeouts
+    c.at(c.now, "thaw", joiner)
+    assert c.wait_for(lambda: joiner in view_of(c, p), 1.5), "the joiner was not admitted"
+    settle_and_check(c)
