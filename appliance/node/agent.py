@@ -409,6 +409,8 @@ class Agent:
         fields = self.local_replication()
         status = self.engine.status()
         fields["datagrams_accepted"] = str(status["accepted"])
+        # Our own, returned by multicast loopback (and anything forged to look like ours).
+        fields["datagrams_looped_back"] = str(status["looped_back"])
         rejected = status["rejected"]
         assert isinstance(rejected, dict)
         fields["datagrams_rejected"] = str(sum(rejected.values()))

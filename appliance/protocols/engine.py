@@ -244,6 +244,7 @@ class NodeEngine:
             rejected=self.filter.rejected
             | ({"body": self.body_rejects} if self.body_rejects else {}),
             accepted=self.filter.accepted,
+            looped_back=self.filter.own,
             requests_in_flight=self.gateway.in_flight,
             requests_backlog=self.gateway.backlog,
             stalls=self.stalls,
