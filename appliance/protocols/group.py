@@ -455,20 +455,6 @@ class GroupMember:
             return False
         return self.fd.health(node, now) is not Health.ALIVE
 
-    def _joiner_gone(self, node: int, now: float) -> bool:
-        """Whether to give up admitting ``node``: restarted, or unheard for half a join timeout.
-
-        Not as soon as it looks failed: a joiner loading a large snapshot stands still for a
-        while (its wire flat, its heartbeats late), and it is no member, so waiting costs
-        nothing but the snapshot held for it. Dropping it there made it start over forever.
-        """
-        if node in self.dead:
-            return True
-        if node not in self.fd.watched():
-            return False
-        s = self.fd.suspicion(node, now)
-        return s is not None and s.silent_for >= self.cfg.join_timeout / 2
-
     def _proven_down(self, node: int, now: float) -> bool:
         """Restarted (new incarnation) or silent with a flat heartbeat wire."""
         if node in self.dead:
@@ -1361,9 +1347,7 @@ class GroupMember:
         acked = self.acks.get(j, 0)
         if adm.installed and acked > adm.progress[0]:
             adm.progress = (acked, now)
-        if now > max(adm.started, adm.progress[1]) + self.cfg.join_timeout or self._joiner_gone(
-            j, now
-        ):
+        if now > max(adm.started, adm.progress[1]) + self.cfg.join_timeout or self._failed(j, now):
             self._end_admission()
         elif adm.installed:
             if not adm.freeze and (
