@@ -460,8 +460,8 @@ def test_replies_held_by_a_failed_backup_are_released_as_soon_as_it_is_removed(
 
 def test_a_joiner_that_stands_still_loading_its_snapshot_is_still_admitted() -> None:
     """Loading a large snapshot holds a joiner still (its wire flat, its heartbeats late); it
-    is admitted all the same once it moves again. (In the lab, with a 100,000-key snapshot, the
-    primary used to drop such an admission and the learner was never accepted.)"""
+    is admitted all the same once it moves again. (In the lab a 100,000-key snapshot still
+    defeats this: see docs/performance.md.)"""
     c = formed_cluster(seed=23)
     p = primary(c)
     joiner = view_of(c, p)[-1]
