@@ -49,29 +49,13 @@ class Outbox:
         records: Sequence[OrderRecord] = (),
         flags: Flags = Flags.NONE,
     ) -> None:
-        if dst_group == self.own_gateway and src_group != dst_group and not records:
-            # Our replica's replies and acks to our own gateway: nobody else listens to that
-            # group, so it is handed over in-process only, never encoded, signed or sent. On
-            # the node clients usually talk to (the primary's) that is one datagram fewer per
-            # request for every node to wake up for, decode and authenticate.
-            local_header = Header(
-                msg_type=body.TYPE,
-                cluster_id=self.cfg.cluster_id,
-                src_node=self.node,
-                incarnation=self.incarnation,
-                packet_number=self.packet_number,
-                src_group=src_group,
-                dst_group=dst_group,
-                conn_id=conn_id,
-                view=view,
-                seq=seq,
-                ack=ack,
-                flags=flags,
-            )
-            self.local.append((Datagram(local_header), body))
-            self.local_only += 1
-            return
-        self.packet_number += 1
+        # Our replica's replies and acks to our own gateway: nobody else listens to that group,
+        # so it is handed over in-process only, never encoded, signed or sent (and takes no
+        # packet number). On the node clients usually talk to (the primary's) that is one
+        # datagram fewer per request for every node to wake up for, decode and authenticate.
+        local_only = dst_group == self.own_gateway and src_group != dst_group and not records
+        if not local_only:
+            self.packet_number += 1
         header = Header(
             msg_type=body.TYPE,
             cluster_id=self.cfg.cluster_id,
@@ -86,6 +70,10 @@ class Outbox:
             ack=ack,
             flags=flags,
         )
+        if local_only:
+            self.local.append((Datagram(header), body))
+            self.local_only += 1
+            return
         d = Datagram(header, tuple(records), body.encode())
         data = encode(d, self.cfg.key)
         if len(data) > self.cfg.max_datagram:
