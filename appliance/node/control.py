@@ -278,6 +278,7 @@ class ControlServer:
                 "requests_in_flight": s["requests_in_flight"],
                 "requests_backlog": s["requests_backlog"],
                 "order_stalled": eng.member.order_stalled,
+                "learners_adopted": eng.member.adopted,
             },
             peers=peers,
             dropped=dropped,

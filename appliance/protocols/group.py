@@ -163,6 +163,19 @@ class Admission:
     last_sent: float = -NEVER
     freeze: bool = False
     """Ordering paused until the joiner holds everything delivered (about one round trip)."""
+    live: bool = False
+    """The joiner acknowledged live traffic after installing: its host is past the restore.
+    Until then ordering is not frozen for it (a large restore stands the joiner still)."""
+
+
+@dataclass(slots=True)
+class Retained:
+    """The log a dropped admission's joiner may still need (see ``_adopt_learner``)."""
+
+    joiner: Member
+    index: int
+    """Entries after this index stay in the log."""
+    since: float
 
 
 @dataclass(slots=True)
@@ -205,6 +218,10 @@ class Fetch:
     requested: float
     busy: bool = True
 
+
+ISSUED_KEPT = 16
+"""How many of its latest snapshots a primary remembers, to adopt a learner that installed
+one after its admission was dropped or replaced."""
 
 LEARNING_LIMIT = 4
 """A learner not accepted within this many join timeouts starts over, progress or not. Its
@@ -282,6 +299,10 @@ class GroupMember:
         self.ack_sent: dict[ConnKey, int] = {}
         self.nacks_due: dict[ConnKey, float] = {}
         self.snapshot_counter = 0
+        self.issued: dict[int, Member] = {}
+        """Primary: the snapshots issued in this reign and to whom (see ``_adopt_learner``)."""
+        self.retained: Retained | None = None
+        self.adopted = 0
         self.last_fetch_failure = ""
         self.order_stalled = 0
         self.dropped_stale_view = 0
@@ -409,6 +430,8 @@ class GroupMember:
     def _set_role(self, role: Role, reason: str) -> None:
         if role is not self.role:
             self.role = role
+            self.issued.clear()  # a snapshot issued in an earlier reign proves nothing now
+            self.retained = None
             self.events.append(RoleChanged(role, self.view, reason))
 
     def _install_view(self, view: View, now: float) -> None:
@@ -611,6 +634,8 @@ class GroupMember:
         keep_from = new
         if self.admission is not None:
             keep_from = min(keep_from, self.admission.index)
+        if self.retained is not None:
+            keep_from = min(keep_from, self.retained.index)
         for i in [i for i in self.log if i <= keep_from]:
             del self.log[i]
 
@@ -705,7 +730,9 @@ class GroupMember:
                 self.acks[node] = delivered
                 self.progress[node] = (delivered, now)
             self._primary_commit()
-            if self.admission is not None and self.admission.joiner.node == node:
+            adm = self.admission
+            if adm is not None and adm.joiner.node == node:
+                adm.live = adm.live or adm.installed
                 self._tick_admission(now)
 
     def _on_nack(self, h: Header, body: Nack, now: float, from_primary: bool) -> None:
@@ -964,8 +991,15 @@ class GroupMember:
             )  # or restarted: its predecessor will never take the snapshot
             if not restarted and now < adm.started + self.cfg.join_timeout:
                 return
-        self._end_admission()
+        r = self.retained
+        if r is not None and r.joiner.node == joiner.node and r.joiner != joiner:
+            self.retained = None  # restarted: its predecessor's log is of no use
+        gone = adm is not None and adm.joiner.node == joiner.node and adm.joiner != joiner
+        self._end_admission(None if gone else now)
         self.snapshot_counter += 1
+        self.issued[self.snapshot_counter] = joiner
+        while len(self.issued) > ISSUED_KEPT:
+            del self.issued[next(iter(self.issued))]
         self.admission = Admission(
             joiner, self.snapshot_counter, self.delivered, self._protocol_state(), now
         )
@@ -997,17 +1031,45 @@ class GroupMember:
                 if h.src_node == conf.joiner.node:
                     self.confirming = None
             return
+        if not self.is_primary or body.kind is not AckKind.STATE_INSTALLED:
+            return
+        joiner = Member(h.src_node, h.incarnation)
         adm = self.admission
-        if (
-            self.is_primary
-            and adm is not None
-            and body.kind is AckKind.STATE_INSTALLED
-            and adm.joiner == Member(h.src_node, h.incarnation)
-            and adm.snapshot_id == body.snapshot_id
-        ):
+        if adm is None or (adm.joiner == joiner and adm.snapshot_id != body.snapshot_id):
+            adm = self._adopt_learner(joiner, body.snapshot_id, body.delivered, now)
+        if adm is not None and adm.joiner == joiner and adm.snapshot_id == body.snapshot_id:
             if not adm.installed:
                 adm.installed, adm.installed_at = True, now
             self.acks[h.src_node] = max(self.acks.get(h.src_node, 0), body.delivered)
+
+    def _adopt_learner(
+        self, joiner: Member, snapshot_id: int, delivered: int, now: float
+    ) -> Admission | None:
+        """A learner holding a snapshot we issued to it in this reign is admitted from there.
+
+        The joiner's host may stall while it loads a large snapshot (a 100,000-key restore
+        takes a quarter of a second): the admission is then dropped as failed, or replaced by
+        a fresh one when the joiner's repeated request arrives, while the joiner goes on to
+        install the old snapshot and follow the live traffic. Its state is exactly what the
+        admission would have produced, so it goes on from there rather than learning until
+        ``LEARNING_LIMIT`` runs out and starting over with the same stall.
+        """
+        adm = self.admission
+        if (
+            self.issued.get(snapshot_id) != joiner
+            or self.view is None
+            or joiner.node in self.view
+            or self.stepdown is not None
+            or self.confirming is not None
+            or (adm is not None and (adm.joiner != joiner or adm.installed))
+            or not (delivered >= self.delivered or delivered + 1 in self.log)
+        ):
+            return adm
+        self._end_admission()
+        adm = self.admission = Admission(joiner, snapshot_id, delivered, b"", now)
+        self.acks.pop(joiner.node, None)
+        self.adopted += 1
+        return adm
 
     def _on_state(self, h: Header, body: StateChunk, now: float, from_primary: bool) -> None:
         if body.target != self.me.node or self.role is not Role.JOINING:
@@ -1099,11 +1161,21 @@ class GroupMember:
         j = adm.joiner
         self._emit(StateOffer(j.node, j.incarnation, adm.snapshot_id, adm.index, size, adm.digest))
 
-    def _end_admission(self) -> None:
-        """Forget the admission in progress; the host may free a snapshot it was serving."""
+    def _end_admission(self, now: float | None = None) -> None:
+        """Forget the admission in progress; the host may free a snapshot it was serving.
+
+        Given ``now``, the joiner may still be alive (stalled, or asking again): the log after
+        its snapshot is kept for a join timeout, so that it can still be adopted from there.
+        """
         adm, self.admission = self.admission, None
-        if adm is not None and adm.blob is not None:
+        if adm is None:
+            return
+        if adm.blob is not None:
             self.events.append(SnapshotReleased(adm.snapshot_id))
+        if now is not None and self.is_primary:
+            r = self.retained
+            index = adm.index if r is None or r.joiner != adm.joiner else min(r.index, adm.index)
+            self.retained = Retained(adm.joiner, index, now)
 
     def _send_chunks(self, adm: Admission, which: Iterable[int], now: float) -> None:
         assert adm.chunks is not None
@@ -1340,6 +1412,12 @@ class GroupMember:
         self._tick_candidate(now)
 
     def _tick_admission(self, now: float) -> None:
+        r = self.retained
+        if r is not None and (
+            now > r.since + self.cfg.join_timeout
+            or (self.view is not None and r.joiner.node in self.view)
+        ):
+            self.retained = None
         adm = self.admission
         if adm is None or self.view is None:
             return
@@ -1348,12 +1426,18 @@ class GroupMember:
         if adm.installed and acked > adm.progress[0]:
             adm.progress = (acked, now)
         if now > max(adm.started, adm.progress[1]) + self.cfg.join_timeout or self._failed(j, now):
-            self._end_admission()
+            self._end_admission(now)
         elif adm.installed:
             if not adm.freeze and (
-                acked >= self.commit
-                or acked >= self.delivered - CATCH_UP_SLACK
-                or now >= adm.installed_at + self.cfg.join_timeout / 2
+                acked >= self.delivered
+                or (
+                    adm.live
+                    and (
+                        acked >= self.commit
+                        or acked >= self.delivered - CATCH_UP_SLACK
+                        or now >= adm.installed_at + self.cfg.join_timeout / 2
+                    )
+                )
             ):
                 # Caught up with the commit point (or close to the head, or long enough): pause
                 # ordering for the last few entries, so the joiner holds every input ordered
@@ -1652,6 +1736,7 @@ class GroupMember:
             "state_fetches": self.fetches,
             "state_fetch_failures": self.fetch_failures,
             "state_fetch_last_failure": self.last_fetch_failure,
+            "learners_adopted": self.adopted,
         }
 
 

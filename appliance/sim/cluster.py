@@ -189,6 +189,9 @@ class SimCluster:
         self.fetch_latency = 0.002
         self.fetch_rate = 2e5
         """Point-to-point channel: bytes per second (a slow link, so that faults land mid-way)."""
+        self.restore_stall = 0.0
+        """Seconds a joiner's host stands still loading an installed snapshot (its loop
+        blocked: no heartbeat, no datagram handled). A 100,000-key restore takes about 0.25 s."""
         self.fetch_reset = 0.1
         """Chance that a fetch breaks half-way (a reset connection), on top of the faults."""
         self.fetch_faults = 0
@@ -418,6 +421,9 @@ class SimCluster:
             sn.chain = [b""]
             for ident in sn.log:
                 sn.chain.append(chain_hash(sn.chain[-1], ident))
+            if self.restore_stall > 0:
+                self.pause(sn.node)
+                self.at(self.now + self.restore_stall, "thaw", sn.node)
         elif isinstance(ev, StateReset):
             self.log(f"node {sn.node} reset: {ev.reason}")
             sn.log = []

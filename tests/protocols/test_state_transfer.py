@@ -41,20 +41,33 @@ class Hosts:
         self.on_offer = on_offer
         self.serving: dict[int, SnapshotReady] = {}
         self.events: list[Event] = []
+        self.held: list[bytes] | None = None
+        """While not None, node 2's host stands still: what reaches it waits here."""
 
     def run(self, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
         end = self.now + seconds
         while self.now < end and not until():
             self.now += 0.001
-            for e in (self.a, self.b):
+            running = (self.a,) if self.held is not None else (self.a, self.b)
+            for e in running:
                 if e.get_timer() <= self.now:
                     e.handle_timer(self.now)
                 self.drain(e)
-            out = [(e, e.datagrams_to_send(self.now)) for e in (self.a, self.b)]
+            running = (self.a,) if self.held is not None else (self.a, self.b)
+            out = [(e, e.datagrams_to_send(self.now)) for e in running]
             for src, datagrams in out:
-                dst = self.b if src is self.a else self.a
                 for d in datagrams:
-                    dst.receive_datagram(d, self.now)
+                    if src is self.b:
+                        self.a.receive_datagram(d, self.now)
+                    elif self.held is not None:
+                        self.held.append(d)
+                    else:
+                        self.b.receive_datagram(d, self.now)
+
+    def thaw(self) -> None:
+        held, self.held = self.held or [], None
+        for d in held:
+            self.b.receive_datagram(d, self.now)
 
     def drain(self, e: NodeEngine) -> None:
         while (ev := e.next_event()) is not None:
@@ -154,3 +167,24 @@ def test_a_blob_handed_to_a_member_changes_nothing() -> None:
     delivered = h.b.member.delivered
     assert h.b.install_state(ready.snapshot_id, ready.blob, h.now) is False
     assert h.b.role is Role.BACKUP and h.b.member.delivered == delivered
+
+
+def test_a_learner_whose_admission_was_dropped_while_it_stood_still_is_adopted() -> None:
+    """The host stands still after installing (a large restore): the primary drops the
+    admission as failed, the learner then follows on from the snapshot it holds, and the
+    primary admits it from there instead of letting it learn until it gives up."""
+
+    def fetch(ev: SnapshotOffered, now: float) -> None:
+        assert h.b.install_state(ev.snapshot_id, h.serving[ev.snapshot_id].blob, now)
+        h.held = []  # the restore: node 2 stands still before its acknowledgement leaves
+
+    h = Hosts(fetch)
+    h.run(1.0, lambda: h.held is not None)
+    assert h.b.role is Role.LEARNING
+    h.run(h.a.cfg.silence_timeout * 2, lambda: h.a.member.admission is None)
+    assert h.a.member.admission is None, "the primary kept waiting for a silent joiner"
+    h.thaw()
+    h.run(1.0, lambda: h.b.role is Role.BACKUP)
+    assert h.b.role is Role.BACKUP
+    assert h.a.member.adopted == 1
+    assert len(h.of(SnapshotRequested)) == 1, "the joiner started over with a new snapshot"
