@@ -164,6 +164,11 @@ class Reader:
                 RejectReason.MALFORMED, f"text is not valid utf-8: {exc.reason}"
             ) from None
 
+    def raw(self, n: int, what: str = "bytes") -> bytes:
+        """The next ``n`` bytes as they are: a column whose length the caller already read."""
+        start = self._take(n, what)
+        return self._data[start : start + n]
+
     def count(self, max_items: int) -> int:
         """Read a u32 item count and refuse counts above ``max_items``.
 
