@@ -163,9 +163,12 @@ class Admission:
     last_sent: float = -NEVER
     freeze: bool = False
     """Ordering paused until the joiner holds everything delivered (about one round trip)."""
+    installed_index: int = 0
+    """The joiner's delivered index when it reported the snapshot installed."""
     live: bool = False
-    """The joiner acknowledged live traffic after installing: its host is past the restore.
-    Until then ordering is not frozen for it (a large restore stands the joiner still)."""
+    """The joiner acknowledged an input beyond ``installed_index``: its host is past the
+    restore. Until then ordering is not frozen for it (a large restore stands the joiner
+    still, and the acknowledgements it sent on installing arrive before the stall ends)."""
 
 
 @dataclass(slots=True)
@@ -732,7 +735,7 @@ class GroupMember:
             self._primary_commit()
             adm = self.admission
             if adm is not None and adm.joiner.node == node:
-                adm.live = adm.live or adm.installed
+                adm.live = adm.live or (adm.installed and delivered > adm.installed_index)
                 self._tick_admission(now)
 
     def _on_nack(self, h: Header, body: Nack, now: float, from_primary: bool) -> None:
@@ -1040,6 +1043,7 @@ class GroupMember:
         if adm is not None and adm.joiner == joiner and adm.snapshot_id == body.snapshot_id:
             if not adm.installed:
                 adm.installed, adm.installed_at = True, now
+                adm.installed_index = body.delivered
             self.acks[h.src_node] = max(self.acks.get(h.src_node, 0), body.delivered)
 
     def _adopt_learner(
