@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import functools
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -386,6 +387,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    """The run's scratch directory (labs, peers, their logs): removed after a run that
+    completes, kept after one that fails, so that the agents' logs say what happened."""
+    path = Path(tempfile.mkdtemp(prefix="appliance-bench-"))
+    try:
+        yield path
+    except BaseException:
+        _say(f"the run failed: its labs and their logs are kept in {path}")
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def run(mode: Mode, out_dir: Path, plot: bool) -> Path:
     started = time.time()
     results: dict[str, Any] = {
@@ -408,8 +422,7 @@ def run(mode: Mode, out_dir: Path, plot: bool) -> Path:
             },
         },
     }
-    with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp:
-        workdir = Path(tmp)
+    with _workdir() as workdir:
         results |= latency_and_throughput(workdir, mode)
         results["scaling"] = scaling(workdir, mode)
         labs = {f"appliance {style}": Lab(workdir, 3, style) for style in mode.failover_labs}
@@ -462,11 +475,11 @@ def run_only(phase: str, mode: Mode, out_dir: Path) -> Path:
         "mode": mode.name,
         "machine": describe(),
     }
-    with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp:
+    with _workdir() as workdir:
         if phase == "keepalived":
-            results |= keepalived.run(Path(tmp), mode.failover_trials, _say)
+            results |= keepalived.run(workdir, mode.failover_trials, _say)
         elif phase == "faults":
-            results["faults"] = faults.run(Path(tmp), mode.fault_trials, mode.join_keys, _say)
+            results["faults"] = faults.run(workdir, mode.fault_trials, mode.join_keys, _say)
     results["seconds"] = round(time.time() - started, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{results['date']}-only-{phase}.json"
