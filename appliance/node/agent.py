@@ -411,6 +411,8 @@ class Agent:
         fields["datagrams_accepted"] = str(status["accepted"])
         # Our own, returned by multicast loopback (and anything forged to look like ours).
         fields["datagrams_looped_back"] = str(status["looped_back"])
+        # Other backups' confirmations, dropped unread by a backup that awaits no reply.
+        fields["datagrams_acks_skipped"] = str(status["acks_skipped"])
         rejected = status["rejected"]
         assert isinstance(rejected, dict)
         fields["datagrams_rejected"] = str(sum(rejected.values()))

@@ -20,7 +20,10 @@ from appliance.protocols.ldmp.view import Member
 from appliance.protocols.messages import Role, decode_body
 from appliance.protocols.outbox import Outbox
 from appliance.protocols.wire.errors import WireError
+from appliance.protocols.wire.header import MessageType
 from appliance.protocols.wire.inbound import DatagramFilter
+
+_SECOND_ACK = int(MessageType.SECOND_ACK)
 
 STALL_HEARTBEATS = 3
 """Heartbeat intervals without a single call into the engine that count as a local stall."""
@@ -54,6 +57,8 @@ class NodeEngine:
         self.stall_threshold = STALL_HEARTBEATS * cfg.heartbeat_interval
         """A gap this long between two calls means this node stood still (see _check_stall)."""
         self.stalls = 0
+        self.acks_skipped = 0
+        """Other backups' confirmations dropped unread: nothing here needed them."""
 
     # -- input ---------------------------------------------------------------------------
 
@@ -81,6 +86,16 @@ class NodeEngine:
         need not flush or re-arm after them (see ``DatagramFilter.looped_back``).
         """
         if self.filter.looped_back(data):
+            return False
+        if (
+            self.gateway.idle
+            and not self.member.is_primary
+            and self.filter.claims_type(data, _SECOND_ACK)
+        ):
+            # Another backup's confirmation is for the primary, and for a gateway awaiting a
+            # reply's commit; with none awaited here it would be authenticated only to be
+            # dropped (on every backup, for every write of every other backup).
+            self.acks_skipped += 1
             return False
         self._check_stall(now)
         d = self.filter.accept(data)
@@ -245,6 +260,7 @@ class NodeEngine:
             | ({"body": self.body_rejects} if self.body_rejects else {}),
             accepted=self.filter.accepted,
             looped_back=self.filter.own,
+            acks_skipped=self.acks_skipped,
             requests_in_flight=self.gateway.in_flight,
             requests_backlog=self.gateway.backlog,
             stalls=self.stalls,

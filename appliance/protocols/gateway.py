@@ -147,6 +147,11 @@ class Gateway:
         return t
 
     @property
+    def idle(self) -> bool:
+        """Nothing submitted and unanswered: no reply can be waiting for commit evidence."""
+        return not self.requests.unacked and not self.requests.backlog and not self.gate.held
+
+    @property
     def in_flight(self) -> int:
         return self.requests.unacked
 

@@ -104,7 +104,7 @@ def test_any_bytes_never_raise(blobs: list[bytes]) -> None:
     a.handle_timer(1.0)
     a.datagrams_to_send(1.0)
     assert a.filter.accepted == 0
-    assert sum(a.filter.rejected.values()) + a.filter.own == len(blobs)
+    assert sum(a.filter.rejected.values()) + a.filter.own + a.acks_skipped == len(blobs)
 
 
 def test_mutated_peer_datagrams_never_raise() -> None:
@@ -203,3 +203,40 @@ def test_replies_to_our_own_gateway_never_leave_the_process() -> None:
     assert headers, "the request itself still goes to the group"
     assert all(h.dst_group != gateway_group(1) for h in headers)
     assert a.out.local_only >= 1
+
+
+def test_a_backup_with_no_reply_awaited_drops_other_backups_confirmations_unread() -> None:
+    """Another backup's SECOND_ACK serves the primary, and a gateway holding a reply for its
+    commit; a backup whose gateway awaits nothing would authenticate it only to drop it."""
+    from appliance.protocols.wire.datagram import decode
+    from appliance.protocols.wire.header import MessageType
+
+    engines = [NodeEngine(config((1, 2, 3)), n, 1, 0.0) for n in (1, 2, 3)]
+    pump(engines, 0.0, 2.0)
+    a, b, c = engines
+    assert a.role is Role.PRIMARY and b.role is Role.BACKUP and c.role is Role.BACKUP
+    a.submit(b"write")
+    now = 2.001
+    for d in a.datagrams_to_send(now):  # the request and its ordering reach both backups
+        b.receive_datagram(d, now)
+        c.receive_datagram(d, now)
+    confirmation = [
+        d
+        for d in c.datagrams_to_send(now)
+        if decode(d, KEY, 7).header.msg_type is MessageType.SECOND_ACK
+    ]
+    assert len(confirmation) == 1
+    accepted = b.filter.accepted
+    assert b.gateway.idle
+    assert b.receive_datagram(confirmation[0], now) is False  # no flush, no re-arm after it
+    assert (b.acks_skipped, b.filter.accepted) == (1, accepted)
+    assert b.status()["acks_skipped"] == 1
+    # A backup whose gateway has a request in flight reads it (its reply will need it) ...
+    b.submit(b"read")
+    assert not b.gateway.idle
+    assert b.receive_datagram(confirmation[0], now) is True
+    assert b.filter.accepted == accepted + 1
+    # ... and the primary always does: its commit is made of them.
+    before = a.member.acks.get(3, 0)
+    assert a.receive_datagram(confirmation[0], now) is True
+    assert a.member.acks[3] > before and a.acks_skipped == 0

@@ -32,6 +32,7 @@ class DatagramFilter:
     __slots__ = (
         "_accepted",
         "_cluster_id",
+        "_cluster_prefix",
         "_guard",
         "_key",
         "_max_size",
@@ -53,6 +54,7 @@ class DatagramFilter:
             raise ValueError("an empty HMAC key would authenticate nothing")
         self._key = bytes(key)
         self._cluster_id = cluster_id
+        self._cluster_prefix = cluster_id.to_bytes(4, "big")
         self._max_size = max_size
         self._own_node = own_node
         self._guard = ReplayGuard()
@@ -83,6 +85,19 @@ class DatagramFilter:
             return False
         self._own += 1
         return True
+
+    def claims_type(self, data: bytes, msg_type: int) -> bool:
+        """Whether ``data``'s raw header claims to be a ``msg_type`` datagram of our cluster.
+
+        Unverified (no HMAC): for dropping what this node has no use for before paying to
+        authenticate it, never for acting on it.
+        """
+        return (
+            len(data) >= HEADER_LEN + HMAC_LEN
+            and data[1] == msg_type
+            and data[0] == PROTOCOL_VERSION
+            and data[4:8] == self._cluster_prefix
+        )
 
     def accept(self, data: bytes) -> Datagram | None:
         """Return the datagram if it is authentic, fresh and well formed; else count and ``None``.
