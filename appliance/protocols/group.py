@@ -368,7 +368,9 @@ class GroupMember:
         adm = self.admission
         if adm is None or adm.snapshot_id != snapshot_id or not self.is_primary:
             return
-        blob = Writer().blob(adm.protocol_state).blob(app_state).getvalue()
+        # Writer.blob would copy a state of megabytes twice; a blob prefix then one copy.
+        head = Writer().blob(adm.protocol_state).u32(len(app_state)).getvalue()
+        blob = head + app_state
         if self.cfg.state_transfer is StateTransfer.STREAM:
             adm.blob = blob
             adm.digest = hashlib.sha256(blob).digest()

@@ -20,7 +20,7 @@ reproduce it) is held by every member before the reply leaves the group (output 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Protocol
 
 from appliance.protocols.config import is_gateway_group
@@ -158,19 +158,25 @@ class Replicator:
     def snapshot(self) -> bytes:
         return self.app.snapshot()
 
-    def snapshot_later(self) -> Callable[[], bytes]:
-        """The application's state as of now, serialised when the result is called.
+    def snapshot_steps(self) -> Generator[None, None, bytes]:
+        """The application's state as of now, serialised in steps as the result is advanced.
 
-        An application with a ``snapshot_later`` of its own copies its state cheaply and leaves
-        the encoding to the call, which a host can run in a worker thread; otherwise the
-        snapshot is taken at once and the call only returns it.
+        Each ``next()`` does a bounded part of the work and the last raises ``StopIteration``
+        with the bytes, so a host can interleave a large snapshot with its other work. An
+        application with a ``snapshot_steps`` of its own copies its state cheaply and encodes
+        it step by step; otherwise the snapshot is taken at once, in the first step.
         """
-        later = getattr(self.app, "snapshot_later", None)
-        if later is not None:
-            build: Callable[[], bytes] = later()
-            return build
-        blob = self.app.snapshot()
-        return lambda: blob
+        steps = getattr(self.app, "snapshot_steps", None)
+        if steps is not None:
+            gen: Generator[None, None, bytes] = steps()
+            return gen
+        return _already(self.app.snapshot())
 
     def restore(self, data: bytes) -> None:
         self.app.restore(data)
+
+
+def _already(blob: bytes) -> Generator[None, None, bytes]:
+    """Steps that finish at once with ``blob`` (taken when they were asked for)."""
+    yield from ()
+    return blob

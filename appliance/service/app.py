@@ -7,7 +7,7 @@ from collections.abc import Callable
 from appliance.protocols.engine import NodeEngine
 from appliance.protocols.messages import Role
 from appliance.protocols.replication import Determinism
-from appliance.service.kv import KVStore
+from appliance.service.kv import KVStore, SnapshotSteps
 from appliance.service.resp import Error, ProtocolError, RequestParser, encode
 
 
@@ -42,9 +42,9 @@ class KVApplication:
     def snapshot(self) -> bytes:
         return self.store.snapshot()
 
-    def snapshot_later(self) -> Callable[[], bytes]:
-        """The snapshot of now, to serialise later (off the event loop: see KVStore)."""
-        return self.store.snapshot_later()
+    def snapshot_steps(self) -> SnapshotSteps:
+        """The snapshot of now, serialised in bounded steps (see KVStore.snapshot_steps)."""
+        return self.store.snapshot_steps()
 
     def restore(self, data: bytes) -> None:
         self.store = KVStore.restore(data, self.det, self.info)

@@ -707,18 +707,62 @@ def test_snapshot_restore_round_trip_preserves_digest_and_ttls(h: Harness) -> No
     assert restored.execute(args("DBSIZE")).reply == 3
 
 
-def test_a_later_snapshot_is_of_the_state_when_it_was_asked_for(h: Harness) -> None:
-    """The agent encodes a joiner's snapshot in a worker thread while writes go on."""
+def _run_steps(steps: kv.SnapshotSteps) -> tuple[bytes, int]:
+    """The bytes a stepped snapshot builds, and how many steps it yielded before them."""
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, count
+        count += 1
+
+
+def test_a_stepped_snapshot_is_of_the_state_when_it_was_asked_for(h: Harness) -> None:
+    """The agent encodes a joiner's snapshot step by step on its loop while writes go on."""
     h("MSET", "a", 1, "b", 2)
     h("SET", "t", "v", "PX", 5000)
     before = h.store.snapshot()
-    build = h.store.snapshot_later()
+    steps = h.store.snapshot_steps()
+    next(steps)
     h("SET", "a", "changed")
     h("DEL", "b")
     h("SET", "new", "x")
     h("PERSIST", "t")
-    assert build() == before
+    assert _run_steps(steps)[0] == before
     assert h.store.snapshot() != before
+
+
+@pytest.mark.parametrize("count", [0, 1, 4095, 4096, 4097, 3 * 4096 + 5, 9 * 4096])
+def test_a_stepped_snapshot_is_the_one_call_encoding_in_bounded_steps(count: int) -> None:
+    """Same bytes whatever the slice boundaries; no step handles more than two slices."""
+    rng = random.Random(count)
+    store = KVStore(NoDeterminism())
+    keys = [rng.randbytes(rng.randrange(0, 12)) + i.to_bytes(3, "big") for i in range(count)]
+    rng.shuffle(keys)
+    for i, k in enumerate(keys):
+        store._data[k] = b"v%d" % i
+        if i % 7 == 0:
+            store._expires[k] = 1_000_000 + i
+    blob, steps = _run_steps(store.snapshot_steps())
+    assert blob == store.snapshot()
+    slices = -(-count // kv._SNAPSHOT_SLICE)
+    # slices sorted, pairwise merges (each at most 2 slices' worth per step), slices encoded
+    assert steps <= slices + 2 * slices * max(1, slices.bit_length()) + slices
+    restored = KVStore.restore(blob, NoDeterminism())
+    assert restored._data == store._data and restored._expires == store._expires
+
+
+@given(st.lists(st.binary(max_size=6), unique=True, max_size=300), st.integers(1, 9))
+def test_sorting_in_steps_sorts(keys: list[bytes], slice_len: int) -> None:
+    """The stepped merge sort is ``sorted`` for any distinct keys and any slice length."""
+    gen = kv._sorted_steps(list(keys), slice_len)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            assert done.value == sorted(keys)
+            break
 
 
 def test_restore_rejects_malformed_snapshots(h: Harness) -> None:
