@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-
 from appliance.protocols.config import ProtocolConfig
 from appliance.protocols.engine import NodeEngine
 from appliance.protocols.replication import Determinism, Replicator, Style
 from appliance.service.app import KVApplication
+from tests.steps import run_steps
 
 
 class _Counter:
@@ -40,16 +39,6 @@ def _replicator(make_app: object) -> Replicator:
     return Replicator(engine, make_app, Style.SEMI_ACTIVE, lambda: 0, bytes)  # type: ignore[arg-type]
 
 
-def _finish(steps: Generator[None, None, bytes]) -> tuple[bytes, int]:
-    count = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value, count
-        count += 1
-
-
 def test_an_application_without_steps_is_snapshotted_when_asked_and_finishes_at_once() -> None:
     r = _replicator(_Counter)
     app = r.app
@@ -57,7 +46,7 @@ def test_an_application_without_steps_is_snapshotted_when_asked_and_finishes_at_
     app.value = 41
     steps = r.snapshot_steps()
     app.value = 99  # changed after the request: the snapshot is of the state when asked
-    assert _finish(steps) == (b"41", 0)
+    assert run_steps(steps) == (b"41", 0)
 
 
 def test_the_kv_service_is_snapshotted_in_steps_to_the_same_bytes() -> None:
@@ -66,6 +55,6 @@ def test_the_kv_service_is_snapshotted_in_steps_to_the_same_bytes() -> None:
     assert isinstance(app, KVApplication)
     for i in range(10_000):
         app.store._data[b"key:%d" % i] = b"v"
-    blob, count = _finish(r.snapshot_steps())
+    blob, count = run_steps(r.snapshot_steps())
     assert blob == r.snapshot()
     assert count > 2  # sorted, merged and encoded a slice at a time

@@ -13,6 +13,7 @@ from appliance.protocols.wire.fields import Writer
 from appliance.service import kv
 from appliance.service.kv import KVStore, Outcome, glob_match
 from appliance.service.resp import Error, RespValue, SimpleString, encode
+from tests.steps import run_steps
 
 OK = SimpleString("OK")
 T0 = 1_700_000_000_000  # a plausible wall clock, in milliseconds
@@ -707,17 +708,6 @@ def test_snapshot_restore_round_trip_preserves_digest_and_ttls(h: Harness) -> No
     assert restored.execute(args("DBSIZE")).reply == 3
 
 
-def _run_steps(steps: kv.SnapshotSteps) -> tuple[bytes, int]:
-    """The bytes a stepped snapshot builds, and how many steps it yielded before them."""
-    count = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value, count
-        count += 1
-
-
 def test_a_stepped_snapshot_is_of_the_state_when_it_was_asked_for(h: Harness) -> None:
     """The agent encodes a joiner's snapshot step by step on its loop while writes go on."""
     h("MSET", "a", 1, "b", 2)
@@ -729,7 +719,7 @@ def test_a_stepped_snapshot_is_of_the_state_when_it_was_asked_for(h: Harness) ->
     h("DEL", "b")
     h("SET", "new", "x")
     h("PERSIST", "t")
-    assert _run_steps(steps)[0] == before
+    assert run_steps(steps)[0] == before
     assert h.store.snapshot() != before
 
 
@@ -744,7 +734,7 @@ def test_a_stepped_snapshot_is_the_one_call_encoding_in_bounded_steps(count: int
         store._data[k] = b"v%d" % i
         if i % 7 == 0:
             store._expires[k] = 1_000_000 + i
-    blob, steps = _run_steps(store.snapshot_steps())
+    blob, steps = run_steps(store.snapshot_steps())
     assert blob == store.snapshot()
     slices = -(-count // kv._SNAPSHOT_SLICE)
     # slices sorted, pairwise merges (each at most 2 slices' worth per step), slices encoded
@@ -756,13 +746,7 @@ def test_a_stepped_snapshot_is_the_one_call_encoding_in_bounded_steps(count: int
 @given(st.lists(st.binary(max_size=6), unique=True, max_size=300), st.integers(1, 9))
 def test_sorting_in_steps_sorts(keys: list[bytes], slice_len: int) -> None:
     """The stepped merge sort is ``sorted`` for any distinct keys and any slice length."""
-    gen = kv._sorted_steps(list(keys), slice_len)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            assert done.value == sorted(keys)
-            break
+    assert run_steps(kv._sorted_steps(list(keys), slice_len))[0] == sorted(keys)
 
 
 def test_restore_rejects_malformed_snapshots(h: Harness) -> None:
