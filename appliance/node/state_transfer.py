@@ -34,7 +34,7 @@ import hmac
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 from appliance.node.config import ClusterConfig, NodeConfig
@@ -49,6 +49,7 @@ __all__ = [
     "StateServer",
     "StateTransferError",
     "fetch_snapshot",
+    "sha256_steps",
 ]
 
 log = logging.getLogger("appliance.state_transfer")
@@ -197,20 +198,22 @@ class StateServer:
                 writer.write(_refusal(str(e)))
                 await writer.drain()
                 return
-            blob = memoryview(ready.blob)
+            size = ready.size
             started = time.monotonic()
-            writer.write(bytes([OK]) + _SIZE.pack(len(blob)))
-            for i in range(0, len(blob), CHUNK):
-                writer.write(blob[i : i + CHUNK])
-                await writer.drain()  # let the loop run: multicast, clients, timers
+            writer.write(bytes([OK]) + _SIZE.pack(size))
+            for part in ready.parts:  # one blob to the joiner, never joined here
+                view = memoryview(part)
+                for i in range(0, len(view), CHUNK):
+                    writer.write(view[i : i + CHUNK])
+                    await writer.drain()  # let the loop run: multicast, clients, timers
             await writer.drain()
             self.served += 1
-            self.bytes_sent += len(blob)
+            self.bytes_sent += size
             log.info(
                 "%s: served snapshot %d (%d bytes) to node %d over TCP in %.3f s",
                 self.name,
                 req.snapshot_id,
-                len(blob),
+                size,
                 req.node,
                 time.monotonic() - started,
             )
@@ -221,6 +224,30 @@ class StateServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+HASH_STEP = 1 << 20
+"""Bytes hashed per step of :func:`sha256_steps`: about 0.7 ms on the lab machine."""
+
+
+def sha256_steps(parts: Sequence[bytes], step: int = HASH_STEP) -> Generator[None, None, bytes]:
+    """SHA-256 of the parts' concatenation, yielding after every ``step`` bytes or so.
+
+    For the primary's event loop: the digest of a 12 MB snapshot in one call takes 9 ms, long
+    enough to show in every client's latency that waits behind it.
+    """
+    h = hashlib.sha256()
+    pending = 0
+    for part in parts:
+        view = memoryview(part)
+        for i in range(0, len(view), step):
+            piece = view[i : i + step]
+            h.update(piece)
+            pending += len(piece)
+            if pending >= step:
+                pending = 0
+                yield
+    return h.digest()
 
 
 async def _read(reader: asyncio.StreamReader, n: int, timeout: float, what: str) -> bytes:

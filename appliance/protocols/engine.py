@@ -10,6 +10,7 @@ timer at ``get_timer()`` and calls ``handle_timer(now)`` when it fires, sends wh
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 from appliance.protocols.config import ProtocolConfig, gateway_group
 from appliance.protocols.events import Event, Stalled
@@ -162,8 +163,24 @@ class NodeEngine:
         self.member.fence_result(node, ok, now)
         self.member.tick(now)
 
-    def provide_snapshot(self, snapshot_id: int, app_state: bytes, now: float) -> None:
-        self.member.provide_snapshot(snapshot_id, app_state, now)
+    def snapshot_head(self, snapshot_id: int, app_size: int) -> bytes | None:
+        """Primary: how snapshot ``snapshot_id``'s blob starts, before ``app_size`` bytes of
+        application state (None once that admission is over). The offer's SHA-256 covers
+        this head, then the state: a host that hashes its state as it builds it passes the
+        digest to :meth:`provide_snapshot` and keeps that work off its event loop."""
+        return self.member.snapshot_head(snapshot_id, app_size)
+
+    def provide_snapshot(
+        self,
+        snapshot_id: int,
+        app_state: bytes | Sequence[bytes],
+        now: float,
+        digest: bytes | None = None,
+    ) -> None:
+        """Primary: the application state a ``SnapshotRequested`` asked for, whole or in parts
+        (served in the same order, never joined here). ``digest``: SHA-256 of
+        ``snapshot_head`` followed by the state, if the host computed it; else computed here."""
+        self.member.provide_snapshot(snapshot_id, app_state, now, digest)
 
     def install_state(self, snapshot_id: int, blob: bytes, now: float) -> bool:
         """Joiner: the blob of an offered snapshot, fetched point-to-point (``SnapshotOffered``).

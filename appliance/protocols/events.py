@@ -58,7 +58,11 @@ class FenceRequested:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotRequested:
-    """Call ``provide_snapshot(snapshot_id, app_state)`` with the state after ``index``."""
+    """Call ``provide_snapshot(snapshot_id, app_state)`` with the state after ``index``.
+
+    A host that builds a large state in steps may ask ``snapshot_head`` for the framing and
+    hash the snapshot itself as it goes, then pass the ``digest`` along (see
+    ``NodeEngine.provide_snapshot``)."""
 
     snapshot_id: int
     joiner: int
@@ -67,17 +71,28 @@ class SnapshotRequested:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotReady:
-    """Primary (stream transfer): serve ``blob`` to node ``joiner`` (that incarnation only)
+    """Primary (stream transfer): serve the snapshot to node ``joiner`` (that incarnation only)
     as snapshot ``snapshot_id`` over the point-to-point channel, until ``SnapshotReleased``.
 
     The blob is opaque to the host: protocol state and application state together, exactly
-    what the joiner's host hands to ``install_state``.
+    what the joiner's host hands to ``install_state``. It comes as ``parts`` to be sent one
+    after the other: joining a state of megabytes into one object would hold the primary's
+    loop for as long as the copy takes.
     """
 
     snapshot_id: int
     joiner: int
     joiner_incarnation: int
-    blob: bytes
+    parts: tuple[bytes, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.parts))
+
+    @property
+    def blob(self) -> bytes:
+        """The parts joined (a copy: for tests and the simulator)."""
+        return b"".join(self.parts)
 
 
 @dataclass(frozen=True, slots=True)

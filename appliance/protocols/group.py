@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,8 +152,9 @@ class Admission:
     started: float
     chunks: list[bytes] | None = None
     """Multicast transfer: the snapshot cut into STATE chunks."""
-    blob: bytes | None = None
-    """Stream transfer: the snapshot the host serves point-to-point."""
+    parts: tuple[bytes, ...] | None = None
+    """Stream transfer: the snapshot the host serves point-to-point, in parts."""
+    size: int = 0
     digest: bytes = b""
     installed: bool = False
     installed_at: float = NEVER
@@ -364,20 +365,41 @@ class GroupMember:
     def handover_phase(self) -> HandoverPhase | None:
         return self.stepdown.phase if self.stepdown is not None else None
 
-    def provide_snapshot(self, snapshot_id: int, app_state: bytes, now: float) -> None:
+    def snapshot_head(self, snapshot_id: int, app_size: int) -> bytes | None:
+        """What the snapshot's blob starts with, before an application state of ``app_size``
+        bytes; None if that admission is no longer current. For a host hashing its state as
+        it builds it: the digest covers this head followed by the state."""
         adm = self.admission
         if adm is None or adm.snapshot_id != snapshot_id or not self.is_primary:
+            return None
+        return Writer().blob(adm.protocol_state).u32(app_size).getvalue()
+
+    def provide_snapshot(
+        self,
+        snapshot_id: int,
+        app_state: bytes | Sequence[bytes],
+        now: float,
+        digest: bytes | None = None,
+    ) -> None:
+        head = self.snapshot_head(snapshot_id, sum(map(len, _parts(app_state))))
+        adm = self.admission
+        if head is None or adm is None:
             return
-        # Writer.blob would copy a state of megabytes twice; a blob prefix then one copy.
-        head = Writer().blob(adm.protocol_state).u32(len(app_state)).getvalue()
-        blob = head + app_state
+        parts = (head, *_parts(app_state))
         if self.cfg.state_transfer is StateTransfer.STREAM:
-            adm.blob = blob
-            adm.digest = hashlib.sha256(blob).digest()
+            adm.parts = parts
+            adm.size = sum(map(len, parts))
+            if digest is None:
+                h = hashlib.sha256()
+                for part in parts:
+                    h.update(part)
+                digest = h.digest()
+            adm.digest = digest
             j = adm.joiner
-            self.events.append(SnapshotReady(snapshot_id, j.node, j.incarnation, blob))
+            self.events.append(SnapshotReady(snapshot_id, j.node, j.incarnation, parts))
             self._send_offer(adm, now)
             return
+        blob = b"".join(parts)
         size = self.cfg.state_chunk
         adm.chunks = [blob[i : i + size] for i in range(0, len(blob), size)] or [b""]
         self._send_chunks(adm, range(len(adm.chunks)), now)
@@ -1161,9 +1183,9 @@ class GroupMember:
         self._emit(AcceptAck(AckKind.STATE_INSTALLED, snapshot_id, self.delivered))
 
     def _send_offer(self, adm: Admission, now: float) -> None:
-        assert adm.blob is not None
+        assert adm.parts is not None
         adm.last_sent = now
-        size = len(adm.blob)
+        size = adm.size
         j = adm.joiner
         self._emit(StateOffer(j.node, j.incarnation, adm.snapshot_id, adm.index, size, adm.digest))
 
@@ -1176,7 +1198,7 @@ class GroupMember:
         adm, self.admission = self.admission, None
         if adm is None:
             return
-        if adm.blob is not None:
+        if adm.parts is not None:
             self.events.append(SnapshotReleased(adm.snapshot_id))
         if now is not None and self.is_primary:
             r = self.retained
@@ -1243,7 +1265,7 @@ class GroupMember:
         kept = [ev for ev in self.events if not isinstance(ev, stale)]
         self.events.clear()
         self.events.extend(kept)
-        if released is not None and released.blob is not None:
+        if released is not None and released.parts is not None:
             self.events.append(SnapshotReleased(released.snapshot_id))
         self.events.append(StateReset(reason))
         self._set_role(Role.JOINING, reason)
@@ -1469,7 +1491,7 @@ class GroupMember:
                 self._announce_reign()
         elif adm.chunks is not None and now > adm.last_sent + self.cfg.join_retry * 5:
             self._send_chunks(adm, range(len(adm.chunks)), now)
-        elif adm.blob is not None and now >= adm.last_sent + self.cfg.join_retry:
+        elif adm.parts is not None and now >= adm.last_sent + self.cfg.join_retry:
             # Repeated until the joiner reports the snapshot installed: the offer is one
             # datagram that may be lost, and a failed fetch is retried on the next one.
             self._send_offer(adm, now)
@@ -1763,3 +1785,8 @@ _HANDLERS: dict[type, _Handler] = {
     Handover: GroupMember._on_handover,
     StateOffer: GroupMember._on_state_offer,
 }
+
+
+def _parts(app_state: bytes | Sequence[bytes]) -> Sequence[bytes]:
+    """An application state given whole or in parts, as parts."""
+    return (app_state,) if isinstance(app_state, bytes) else app_state

@@ -158,17 +158,18 @@ class Replicator:
     def snapshot(self) -> bytes:
         return self.app.snapshot()
 
-    def snapshot_steps(self) -> Generator[None, None, bytes]:
+    def snapshot_steps(self) -> Generator[None, None, tuple[bytes, ...]]:
         """The application's state as of now, serialised in steps as the result is advanced.
 
         Each ``next()`` does a bounded part of the work and the last raises ``StopIteration``
-        with the bytes, so a host can interleave a large snapshot with its other work. An
+        with the state in parts (the snapshot is their concatenation), so a host can
+        interleave a large snapshot with its other work. An
         application with a ``snapshot_steps`` of its own copies its state cheaply and encodes
         it step by step; otherwise the snapshot is taken at once, in the first step.
         """
         steps = getattr(self.app, "snapshot_steps", None)
         if steps is not None:
-            gen: Generator[None, None, bytes] = steps()
+            gen: Generator[None, None, tuple[bytes, ...]] = steps()
             return gen
         return _already(self.app.snapshot())
 
@@ -176,7 +177,7 @@ class Replicator:
         self.app.restore(data)
 
 
-def _already(blob: bytes) -> Generator[None, None, bytes]:
+def _already(blob: bytes) -> Generator[None, None, tuple[bytes, ...]]:
     """Steps that finish at once with ``blob`` (taken when they were asked for)."""
     yield from ()
-    return blob
+    return (blob,)

@@ -357,9 +357,10 @@ _SNAPSHOT_SLICE: Final = 4096
 takes about 2 ms on the lab machine, so a primary encoding a joiner's snapshot between its
 other work never keeps a client or a heartbeat waiting longer than that."""
 
-SnapshotSteps = Generator[None, None, bytes]
+SnapshotSteps = Generator[None, None, tuple[bytes, ...]]
 """A snapshot built in steps: each ``next()`` does a bounded slice of the work; the last one
-raises ``StopIteration`` carrying the bytes."""
+raises ``StopIteration`` carrying the snapshot in parts, to be sent one after the other (their
+concatenation is :meth:`KVStore.snapshot`; joining 12 MB into one object alone takes 10 ms)."""
 
 
 def _merge_steps(
@@ -406,10 +407,10 @@ def _sorted_steps(
 def _snapshot_steps(data: dict[bytes, bytes], expires: dict[bytes, int]) -> SnapshotSteps:
     """:func:`_encode_snapshot` of ``data`` and ``expires`` (not changed meanwhile), in steps.
 
-    The same bytes as the one-call encoder, built a slice at a time, so a host can run it on
-    its event loop between datagrams instead of in a thread: a thread shares the interpreter
-    lock, and each of the one-call encoder's C calls (the sort, the packs) held it, and the
-    loop with it, for tens of milliseconds.
+    The same bytes as the one-call encoder (in parts), built a slice at a time, so a host can
+    run it on its event loop between datagrams instead of in a thread: a thread shares the
+    interpreter lock, and each of the one-call encoder's C calls (the sort, the packs) held
+    it, and the loop with it, for tens of milliseconds.
     """
     keys = yield from _sorted_steps(list(data))
     n, step = len(keys), _SNAPSHOT_SLICE
@@ -436,7 +437,7 @@ def _snapshot_steps(data: dict[bytes, bytes], expires: dict[bytes, int]) -> Snap
         struct.pack(f">{m}I", *(i for i, _ in expiring)),
         struct.pack(f">{m}Q", *(at & _ULONG_MAX for _, at in expiring)),
     )
-    return b"".join((head, *klens, *vlens, *kparts, *vparts, *tail))
+    return (head, *klens, *vlens, *kparts, *vparts, *tail)
 
 
 def _decode_snapshot(data: bytes) -> tuple[dict[bytes, bytes], dict[bytes, int]]:

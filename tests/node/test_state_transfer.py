@@ -24,15 +24,19 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from appliance.node.state_transfer import (
     SnapshotRequest,
     StateServer,
     StateTransferError,
     fetch_snapshot,
+    sha256_steps,
 )
 from appliance.protocols.events import SnapshotReady
 from tests.node.test_agent import NAMES, Cluster, free_port, wait_for, write_config
+from tests.steps import run_steps
 
 KEY = b"t" * 32
 CLUSTER = 0xC0FFEE
@@ -54,7 +58,7 @@ def request(snapshot_id: int = 5, node: int = 2, incarnation: int = 7) -> Snapsh
 
 async def serving(blob: bytes, snapshot_id: int = 5) -> StateServer:
     server = StateServer(CLUSTER, KEY, node=1, incarnation=3, name="n1")
-    server.offer(SnapshotReady(snapshot_id, 2, 7, blob))
+    server.offer(SnapshotReady(snapshot_id, 2, 7, (blob[:3], blob[3:])))  # served as one
     await server.start(LO, 0)
     return server
 
@@ -332,3 +336,13 @@ def test_killed_backup_rejoins_by_tcp_state_transfer_while_clients_write(
     expected = [f"value-{i}".encode() for i in range(keys)] + [str(i).encode() for i in written]
     wrong = [i for i, (v, e) in enumerate(zip(values, expected, strict=True)) if v != e]
     assert not wrong, f"{len(wrong)} of {len(values)} values wrong on {victim} alone"
+
+
+@given(st.lists(st.binary(max_size=40), max_size=8), st.integers(1, 17))
+def test_hashing_in_steps_is_the_digest_of_the_parts_joined(parts: list[bytes], step: int) -> None:
+    """The primary hashes a joiner's snapshot a megabyte per loop iteration: same digest as
+    one call over the whole, and it yields once per ``step`` bytes (never on nothing)."""
+    digest, yields = run_steps(sha256_steps(parts, step))
+    total = sum(map(len, parts))
+    assert digest == hashlib.sha256(b"".join(parts)).digest()
+    assert total // (2 * step) <= yields <= total // step

@@ -43,6 +43,10 @@ class Hosts:
         self.events: list[Event] = []
         self.held: list[bytes] | None = None
         """While not None, node 2's host stands still: what reaches it waits here."""
+        self.provide: Callable[[NodeEngine, int], None] = lambda e, snapshot_id: e.provide_snapshot(
+            snapshot_id, APP_STATE, self.now
+        )
+        """How node 1's host answers a ``SnapshotRequested`` (whole, by default)."""
 
     def run(self, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
         end = self.now + seconds
@@ -73,7 +77,7 @@ class Hosts:
         while (ev := e.next_event()) is not None:
             self.events.append(ev)
             if isinstance(ev, SnapshotRequested):
-                e.provide_snapshot(ev.snapshot_id, APP_STATE, self.now)
+                self.provide(e, ev.snapshot_id)
             elif isinstance(ev, SnapshotReady):
                 self.serving[ev.snapshot_id] = ev
             elif isinstance(ev, SnapshotReleased):
@@ -188,3 +192,61 @@ def test_a_learner_whose_admission_was_dropped_while_it_stood_still_is_adopted()
     assert h.b.role is Role.BACKUP
     assert h.a.member.adopted == 1
     assert len(h.of(SnapshotRequested)) == 1, "the joiner started over with a new snapshot"
+
+
+def _fetch_and_install(h: Hosts, results: list[bool]) -> Callable[[SnapshotOffered, float], None]:
+    def fetch(ev: SnapshotOffered, now: float) -> None:
+        ready = h.serving[ev.snapshot_id]
+        assert ev.size == ready.size == len(ready.blob)
+        results.append(h.b.install_state(ev.snapshot_id, ready.blob, now))
+
+    return fetch
+
+
+def test_a_state_given_in_parts_with_the_hosts_digest_is_served_as_one_blob() -> None:
+    """A host that built its state in parts and hashed it as it went (the agent does, a
+    megabyte per loop iteration) hands both over: the parts are served in order, unjoined,
+    and the digest it computed over ``snapshot_head`` and the parts is the offer's."""
+    results: list[bool] = []
+    h = Hosts(lambda ev, now: fetch(ev, now))
+    fetch = _fetch_and_install(h, results)
+    parts = (APP_STATE[:100], b"", APP_STATE[100:])
+
+    def provide(e: NodeEngine, snapshot_id: int) -> None:
+        head = e.snapshot_head(snapshot_id, len(APP_STATE))
+        assert head is not None
+        digest = hashlib.sha256(head + b"".join(parts)).digest()
+        e.provide_snapshot(snapshot_id, parts, h.now, digest)
+
+    h.provide = provide
+    h.run(2.0, lambda: h.b.role is Role.BACKUP)
+    assert h.b.role is Role.BACKUP and results == [True]
+    [ready] = h.of(SnapshotReady)
+    assert isinstance(ready, SnapshotReady) and ready.parts[1:] == parts
+    [installed] = h.of(SnapshotInstalled)
+    assert isinstance(installed, SnapshotInstalled) and installed.app_state == APP_STATE
+
+
+def test_a_wrong_digest_from_the_host_is_refused_by_the_joiner() -> None:
+    """The offer's digest is checked against the blob the joiner fetched: a host that hashed
+    something else never gets its state installed (the admission times out and retries)."""
+    results: list[bool] = []
+    h = Hosts(lambda ev, now: fetch(ev, now))
+    fetch = _fetch_and_install(h, results)
+    h.provide = lambda e, snapshot_id: e.provide_snapshot(
+        snapshot_id, (APP_STATE,), h.now, hashlib.sha256(APP_STATE).digest()
+    )
+    h.run(1.0)
+    assert results and not any(results)
+    assert h.b.role is not Role.BACKUP and not h.of(SnapshotInstalled)
+
+
+def test_a_snapshot_head_is_only_given_for_the_admission_in_progress() -> None:
+    h = Hosts(lambda ev, now: None)
+    assert h.a.snapshot_head(1, 10) is None  # nothing asked for yet
+    h.run(2.0, lambda: bool(h.of(SnapshotReady)))
+    [ready] = h.of(SnapshotReady)
+    assert isinstance(ready, SnapshotReady)
+    head = h.a.snapshot_head(ready.snapshot_id, len(APP_STATE))
+    assert head is not None and ready.blob == head + APP_STATE
+    assert h.a.snapshot_head(ready.snapshot_id + 1, len(APP_STATE)) is None
