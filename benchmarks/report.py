@@ -44,6 +44,8 @@ def render(r: dict[str, Any], source: str) -> str:
             for t in r["targets"]
         ],
     )
+    for name, why in r.get("failed_phases", {}).items():
+        lines += ["", f"**The {name} phase failed** ({why}): its figures are missing."]
     lines += ["", "**Sequential writes** (one client, 100-byte values)", ""]
     lat = r["latency"]
     wait = next((n for n in lat if "WAIT" in n), None)

@@ -22,13 +22,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from appliance.lab.cli import LabError
 from benchmarks import failover, faults, keepalived
 from benchmarks.client import connect, sequential_writes
 from benchmarks.lab import Lab
@@ -346,6 +347,11 @@ def _sentinel_trial(workdir: Path, settings: Any, pace: float = 0.0) -> dict[str
         group.close()
 
 
+PHASE_ERRORS = (OSError, RuntimeError, LookupError, redis.RedisError, LabError)
+"""What a phase's failure looks like (a lab that does not form, a peer that does not answer, a
+log line that never came): recorded in ``failed_phases``, and the run goes on."""
+
+
 def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
 
@@ -353,7 +359,8 @@ def _ratio(a: float, b: float) -> float:
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     lat = results["latency"]
     p50 = lat[HEADLINE]["p50_ms"]
-    fo = results["failover"]["appliance semi-active"]
+    nan = float("nan")
+    fo = results["failover"].get("appliance semi-active", {"median_ms": nan, "worst_ms": nan})
     sc = results["scaling"]
     rows: list[tuple[str, str, float, float]] = [
         (
@@ -366,17 +373,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ("failover gap median (ms)", "< 200", fo["median_ms"], 200),
         ("failover gap worst (ms)", "< 400", fo["worst_ms"], 400),
     ]
-    if "3" in sc and "5" in sc:
-        rows.append(
-            (
-                "write p50, 5 / 3 replicas",
-                "<= 1.25",
-                _ratio(sc["5"]["p50_ms"], sc["3"]["p50_ms"]),
-                1.25,
-            )
-        )
+    scale = _ratio(sc["5"]["p50_ms"], sc["3"]["p50_ms"]) if "3" in sc and "5" in sc else nan
+    rows.append(("write p50, 5 / 3 replicas", "<= 1.25", scale, 1.25))
     f = results["faults"]
-    nan = float("nan")
     stall = f["backup_failure"]["worst_stall_ms"] if "error" not in f else nan
     join = f["join"]["p99_ratio"] if "error" not in f else nan
     rows.append(("stall when a backup fails (ms)", "< 200", stall, 200))
@@ -388,15 +387,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _workdir() -> Iterator[Path]:
+def _workdir(keep: Callable[[], bool] = lambda: False) -> Iterator[Path]:
     """The run's scratch directory (labs, peers, their logs): removed after a run that
-    completes, kept after one that fails, so that the agents' logs say what happened."""
+    completes, kept after one that fails (or where ``keep()`` says a phase failed), so that
+    the agents' logs say what happened."""
     path = Path(tempfile.mkdtemp(prefix="appliance-bench-"))
     try:
         yield path
     except BaseException:
         _say(f"the run failed: its labs and their logs are kept in {path}")
         raise
+    if keep():
+        _say(f"a phase failed: its labs and their logs are kept in {path}")
+        return
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -422,31 +425,62 @@ def run(mode: Mode, out_dir: Path, plot: bool) -> Path:
             },
         },
     }
-    with _workdir() as workdir:
-        results |= latency_and_throughput(workdir, mode)
-        results["scaling"] = scaling(workdir, mode)
-        labs = {f"appliance {style}": Lab(workdir, 3, style) for style in mode.failover_labs}
+    failed: dict[str, str] = {}
+
+    def phase(name: str, body: Callable[[], None]) -> None:
+        """Run one phase; if it fails, record why and go on: a 15-minute run keeps what the
+        other phases measured (the scratch directory, agents' logs included, is kept)."""
         try:
-            results["failover"] = failovers(workdir, mode, labs)
-            if mode.faults_on_failover_lab:
-                lab = labs["appliance semi-active"]
-                results["faults"] = faults.run(
-                    workdir, mode.fault_trials, mode.join_keys, _say, lab=lab
-                )
-        finally:
-            for lab in labs.values():
-                lab.close()
-        if mode.keepalived:  # after the labs are down: their idle agents would tax it
+            body()
+        except PHASE_ERRORS as e:
+            _say(f"{name} phase failed: {e!r}; the run goes on")
+            failed[name] = f"{type(e).__name__}: {e}"
+
+    with _workdir(keep=lambda: bool(failed)) as workdir:
+        results |= latency_and_throughput(workdir, mode)
+        results["scaling"] = {}
+        results["failover"] = {}
+
+        def scale() -> None:
+            results["scaling"] = scaling(workdir, mode)
+
+        def fail_over() -> None:
+            labs: dict[str, Lab] = {}
+            try:
+                for style in mode.failover_labs:
+                    labs[f"appliance {style}"] = Lab(workdir, 3, style)
+                results["failover"] = failovers(workdir, mode, labs)
+                if mode.faults_on_failover_lab:
+                    lab = labs["appliance semi-active"]
+                    phase("faults", lambda: faults_on(lab))
+            finally:
+                for lab in labs.values():
+                    lab.close()
+
+        def faults_on(lab: Lab | None) -> None:
+            results["faults"] = faults.run(
+                workdir, mode.fault_trials, mode.join_keys, _say, lab=lab
+            )
+
+        def vip() -> None:
             ka = keepalived.run(workdir, mode.failover_trials, _say)
             results["failover"] |= ka["failover"]
             results["keepalived"] = ka["keepalived"]
+
+        phase("scaling", scale)
+        phase("failover", fail_over)
+        if mode.keepalived:  # after the labs are down: their idle agents would tax it
+            phase("keepalived", vip)
         if not mode.faults_on_failover_lab:
-            try:
-                results["faults"] = faults.run(workdir, mode.fault_trials, mode.join_keys, _say)
-            except (OSError, RuntimeError, LookupError, redis.RedisError) as e:
-                # The last phase of a 20-minute run: keep what the others measured.
-                _say(f"faults phase failed: {e!r}")
-                results["faults"] = {"error": f"{type(e).__name__}: {e}"}
+            phase("faults", lambda: faults_on(None))
+        if "faults" in failed:
+            results["faults"] = {"error": failed["faults"]}
+        elif "faults" not in results:
+            results["faults"] = {"error": "not run: the failover phase failed first"}
+        if "keepalived" in failed:
+            results["keepalived"] = {"skipped": f"the phase failed: {failed['keepalived']}"}
+        if failed:
+            results["failed_phases"] = failed
     lat = results["latency"]
     results["ratios"] = {
         f"{n} / {REDIS_WAIT}": _ratio(lat[n]["p50_ms"], lat[REDIS_WAIT]["p50_ms"]) for n in lat
