@@ -154,7 +154,6 @@ class Admission:
     """Multicast transfer: the snapshot cut into STATE chunks."""
     parts: tuple[bytes, ...] | None = None
     """Stream transfer: the snapshot the host serves point-to-point, in parts."""
-    size: int = 0
     digest: bytes = b""
     installed: bool = False
     installed_at: float = NEVER
@@ -381,14 +380,14 @@ class GroupMember:
         now: float,
         digest: bytes | None = None,
     ) -> None:
-        head = self.snapshot_head(snapshot_id, sum(map(len, _parts(app_state))))
+        app_parts = (app_state,) if isinstance(app_state, bytes) else tuple(app_state)
+        head = self.snapshot_head(snapshot_id, sum(map(len, app_parts)))
         adm = self.admission
         if head is None or adm is None:
             return
-        parts = (head, *_parts(app_state))
+        parts = (head, *app_parts)
         if self.cfg.state_transfer is StateTransfer.STREAM:
             adm.parts = parts
-            adm.size = sum(map(len, parts))
             if digest is None:
                 h = hashlib.sha256()
                 for part in parts:
@@ -1185,7 +1184,7 @@ class GroupMember:
     def _send_offer(self, adm: Admission, now: float) -> None:
         assert adm.parts is not None
         adm.last_sent = now
-        size = adm.size
+        size = sum(map(len, adm.parts))
         j = adm.joiner
         self._emit(StateOffer(j.node, j.incarnation, adm.snapshot_id, adm.index, size, adm.digest))
 
@@ -1785,8 +1784,3 @@ _HANDLERS: dict[type, _Handler] = {
     Handover: GroupMember._on_handover,
     StateOffer: GroupMember._on_state_offer,
 }
-
-
-def _parts(app_state: bytes | Sequence[bytes]) -> Sequence[bytes]:
-    """An application state given whole or in parts, as parts."""
-    return (app_state,) if isinstance(app_state, bytes) else app_state

@@ -163,9 +163,9 @@ class Replicator:
 
         Each ``next()`` does a bounded part of the work and the last raises ``StopIteration``
         with the state in parts (the snapshot is their concatenation), so a host can
-        interleave a large snapshot with its other work. An
-        application with a ``snapshot_steps`` of its own copies its state cheaply and encodes
-        it step by step; otherwise the snapshot is taken at once, in the first step.
+        interleave a large snapshot with its other work. An application with a
+        ``snapshot_steps`` of its own copies its state cheaply and encodes it step by step;
+        otherwise the snapshot is taken whole by this call, and the first step returns it.
         """
         steps = getattr(self.app, "snapshot_steps", None)
         if steps is not None:

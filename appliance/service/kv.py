@@ -414,7 +414,6 @@ def _snapshot_steps(data: dict[bytes, bytes], expires: dict[bytes, int]) -> Snap
     """
     keys = yield from _sorted_steps(list(data))
     n, step = len(keys), _SNAPSHOT_SLICE
-    values: list[bytes] = []
     klens: list[bytes] = []
     vlens: list[bytes] = []
     kparts: list[bytes] = []
@@ -423,7 +422,6 @@ def _snapshot_steps(data: dict[bytes, bytes], expires: dict[bytes, int]) -> Snap
     for start in range(0, n, step):
         chunk = keys[start : start + step]
         vals = [data[k] for k in chunk]
-        values.extend(vals)
         klens.append(struct.pack(f">{len(chunk)}I", *map(len, chunk)))
         vlens.append(struct.pack(f">{len(chunk)}I", *map(len, vals)))
         kparts.append(b"".join(chunk))
