@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.hw.power import PowerDevice
-from appliance.node import event_loop
+from appliance.node import event_loop, snapshot_child
 from appliance.node.client_session import ClientSession
 from appliance.node.config import (
     ClusterConfig,
@@ -47,6 +47,8 @@ from appliance.node.config import (
 from appliance.node.control import ControlServer, socket_path
 from appliance.node.hardware import NodeHardware
 from appliance.node.info import wants_replication, with_local_replication
+from appliance.node.snapshot_child import Encoder, ForkedSnapshot, choose_encoder, drain
+from appliance.node.snapshot_child import Result as SnapshotResult
 from appliance.node.state_transfer import SnapshotChannel, sha256_steps
 from appliance.node.systemd import SystemdNotifier, WatchdogPinger
 from appliance.node.transport import EngineDriver, MulticastEndpoint, pick_interface
@@ -209,7 +211,12 @@ def _is_debug_digest(argv: list[bytes]) -> bool:
 
 class Agent:
     def __init__(
-        self, cfg: ClusterConfig, key: bytes, node: NodeConfig, state_dir: Path | None
+        self,
+        cfg: ClusterConfig,
+        key: bytes,
+        node: NodeConfig,
+        state_dir: Path | None,
+        snapshot_encoder: Encoder | None = None,
     ) -> None:
         self.cfg = cfg
         self.key = key
@@ -221,6 +228,9 @@ class Agent:
         self.ready = False
         self.exit_code = 0
         self.client_ids = 0
+        self.fork_snapshots = (snapshot_encoder or choose_encoder(None)) is Encoder.CHILD
+        """Encode a joiner's snapshot in a forked child (else in steps on the loop)."""
+        self.snapshot_children: dict[int, ForkedSnapshot] = {}
 
     def _log(self, what: str, *args: object) -> None:
         view = self.engine.member.view
@@ -303,6 +313,8 @@ class Agent:
             await stop.wait()
         finally:
             log.info("node=%s stopping", me.name)
+            for child in self.snapshot_children.values():
+                child.cancel()
             self.notifier.stopping()
             if pinger is not None:
                 pinger.stop()
@@ -333,6 +345,10 @@ class Agent:
         elif isinstance(ev, SnapshotRequested):
             self._provide_snapshot(ev.snapshot_id)
         elif isinstance(ev, (SnapshotReady, SnapshotReleased, SnapshotOffered)):
+            if isinstance(ev, SnapshotReleased) and (
+                child := self.snapshot_children.pop(ev.snapshot_id, None)
+            ):
+                child.cancel()  # the admission ended before its snapshot was encoded
             self.snapshots.on_event(ev)  # point-to-point state transfer (TCP)
         elif isinstance(ev, SnapshotInstalled):
             self.replicator.restore(ev.app_state)
@@ -422,28 +438,42 @@ class Agent:
         return fields
 
     def _provide_snapshot(self, snapshot_id: int) -> None:
-        """Serialise and hash the state for a joiner in bounded steps on the loop, then hand
-        it over.
+        """Serialise and hash the state for a joiner off the event loop, then hand it over.
 
-        The state is captured now, at the index the engine asked for. Encoding 100,000 keys
-        takes about 100 ms: in one go it held the heartbeat wire flat long enough for the peers
-        to fence this primary, and in a worker thread it still held the loop through each long
-        C call (the interpreter lock is shared). One step per loop iteration (about 2 ms each)
-        lets datagrams, clients and timers in between; the state stays in parts, and its
-        SHA-256 is computed a megabyte per step, so that no single copy or hash of the whole
-        12 MB (10-20 ms) is left for the end.
+        The state is captured now, at the index the engine asked for: a later delivery in the
+        snapshot would be applied twice by the joiner. Encoding 100,000 keys takes about
+        100 ms. In one go it held the heartbeat wire flat long enough for the peers to fence
+        this primary; in a worker thread it still held the loop through each long C call (the
+        interpreter lock is shared); in 2 ms steps on the loop every write during the join
+        waited behind a step at each of its passes. A forked child
+        (:mod:`appliance.node.snapshot_child`) leaves the loop free. Where there is no
+        ``fork()`` (or it fails) the steps run on the loop: one per iteration, the state in
+        parts and its SHA-256 computed a megabyte per step, so that no single copy or hash of
+        the whole 12 MB (10-20 ms) is left for the end.
         """
-        steps = self._snapshot_and_digest(snapshot_id)
+        if self.fork_snapshots:
+            try:
+                child = ForkedSnapshot(
+                    self.loop,
+                    # In the child, whose memory is the state as of the fork: no copy needed.
+                    lambda: drain(
+                        self._snapshot_and_digest(snapshot_id, self.replicator.snapshot_steps())
+                    ),
+                    lambda result: self._snapshot_encoded(snapshot_id, result),
+                )
+            except OSError as exc:
+                log.warning("snapshot %d: no child to encode it (%s)", snapshot_id, exc)
+            else:
+                self.snapshot_children[snapshot_id] = child
+                return
+        steps = self._snapshot_and_digest(snapshot_id, self.replicator.snapshot_steps())
 
         def step() -> None:
             try:
                 next(steps)
             except StopIteration as done:
-                result: tuple[tuple[bytes, ...], bytes] | None = done.value
-                if result is not None:
-                    parts, digest = result
-                    self.engine.provide_snapshot(snapshot_id, parts, self.loop.time(), digest)
-                    self.driver.poke()
+                if done.value is not None:
+                    self._snapshot_encoded(snapshot_id, done.value)
                 return
             except Exception as exc:
                 log.error("snapshot %d for a joiner failed: %r", snapshot_id, exc)
@@ -453,15 +483,27 @@ class Agent:
         self.loop.call_soon(step)
 
     def _snapshot_and_digest(
-        self, snapshot_id: int
-    ) -> Generator[None, None, tuple[tuple[bytes, ...], bytes] | None]:
-        """The state in parts and the offer's digest; None if the admission ended meanwhile."""
-        parts = yield from self.replicator.snapshot_steps()
+        self, snapshot_id: int, state: Generator[None, None, tuple[bytes, ...]]
+    ) -> Generator[None, None, tuple[list[bytes], bytes] | None]:
+        """The state in parts and the offer's digest; None if the admission ended meanwhile.
+
+        ``state`` has captured the state already (``Replicator.snapshot_steps``); this only
+        finishes encoding it."""
+        parts = yield from state
         head = self.engine.snapshot_head(snapshot_id, sum(map(len, parts)))
         if head is None:
             return None
         digest = yield from sha256_steps((head, *parts))
-        return parts, digest
+        return list(parts), digest
+
+    def _snapshot_encoded(self, snapshot_id: int, result: SnapshotResult) -> None:
+        self.snapshot_children.pop(snapshot_id, None)
+        if isinstance(result, str):
+            log.error("snapshot %d for a joiner failed: %s", snapshot_id, result)
+            return
+        parts, digest = result
+        self.engine.provide_snapshot(snapshot_id, parts, self.loop.time(), digest)
+        self.driver.poke()
 
     def _reply(self, seq: int, payload: bytes) -> None:
         entry = self.pending.pop(seq, None)
@@ -554,10 +596,17 @@ def agent_main(argv: list[str]) -> int:
         default=None,
         help=f"asyncio (default) or uvloop (optional package); default ${event_loop.ENV}",
     )
+    p.add_argument(
+        "--snapshot-encoder",
+        default=None,
+        help="where a primary encodes a joiner's snapshot: child (a forked process, the "
+        f"default) or loop (in steps on the event loop); default ${snapshot_child.ENV}",
+    )
     args = p.parse_args(argv)
     try:
         loop = event_loop.choose(args.event_loop)
-    except event_loop.EventLoopError as e:
+        encoder = snapshot_child.choose_encoder(args.snapshot_encoder)
+    except ValueError as e:
         print(f"appliance agent: {e}", file=sys.stderr)
         return 2
     level = logging.getLevelName(str(args.log_level).upper())
@@ -574,7 +623,7 @@ def agent_main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"appliance agent: {e}", file=sys.stderr)
         return 2
-    agent = Agent(cfg, key, node, args.state_dir)
+    agent = Agent(cfg, key, node, args.state_dir, encoder)
     try:
         return event_loop.run(agent.run(), loop)
     except (OSError, ValueError) as e:
