@@ -33,7 +33,7 @@ __all__ = ["run"]
 
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 BASELINE = 1.5
-"""Seconds of writes before the pull: the normal latency."""
+"""Seconds of writes before the pull: the normal latency (the full mode's)."""
 
 
 def _log_time(path: Path, pattern: str, after: float) -> float:
@@ -75,9 +75,18 @@ def _longest_gap(ops: list[Op], start: float, end: float) -> float:
 
 
 def run(
-    workdir: Path, trials: int, keys: int, say: Callable[[str], None], lab: Lab | None = None
+    workdir: Path,
+    trials: int,
+    keys: int,
+    say: Callable[[str], None],
+    lab: Lab | None = None,
+    baseline: float = BASELINE,
 ) -> dict[str, Any]:
-    """Backup power pulls and joins on ``lab`` (left running) or on a fresh semi-active lab."""
+    """Backup power pulls and joins on ``lab`` (left running) or on a fresh semi-active lab.
+
+    ``baseline``: seconds of writes before each pull (a smoke run needs fewer than a
+    measurement to have a normal p99 to compare the join's with).
+    """
     own = lab is None
     if lab is None:
         lab = Lab(workdir, 3, "semi-active")
@@ -100,7 +109,7 @@ def run(
             w = Writer(functools.partial(_addr, port))
             w.start()
             try:
-                time.sleep(BASELINE)
+                time.sleep(baseline)
                 t_pull = lab.pull_power(victim)
                 lab.wait_formed(120)
                 time.sleep(0.3)

@@ -9,6 +9,11 @@ Every process is started by the benchmark, lives in its own temporary directory,
 (SIGKILL to its process group) when its ``close`` runs, so an interrupted run leaves nothing
 behind. Persistence is off everywhere (no RDB, no AOF, no Raft journal): the appliance keeps its
 state in memory too.
+
+Waiting for a system to come up polls it through one connection per process, not a new one per
+poll: a new connection takes an ephemeral local port, and a lab booting meanwhile may have
+derived that port for one of its agents (lab ports lie in the ephemeral range), which would
+then fail to bind it.
 """
 
 from __future__ import annotations
@@ -113,22 +118,38 @@ class Process:
 
 
 class RedisServer:
-    """One ``redis-server`` on 127.0.0.1, optionally a replica of another."""
+    """One ``redis-server`` on 127.0.0.1, optionally a replica of another.
 
-    def __init__(self, workdir: Path, replica_of: int | None = None) -> None:
+    ``sync_delay``: its ``repl-diskless-sync-delay`` as a primary, seconds it waits for more
+    replicas before a full sync; ``None`` keeps Redis's default (5 s).
+    """
+
+    def __init__(
+        self, workdir: Path, replica_of: int | None = None, sync_delay: int | None = None
+    ) -> None:
         self.port = free_port()
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True)
         self.replica_of = replica_of
+        self.sync_delay = sync_delay
         self.process = Process(self._argv(), self.dir / "redis.log", self.dir)
-        wait_for(f"redis-server on port {self.port}", lambda: bool(self.client().ping()), 10)
+        self._wait_up()
 
     def _argv(self) -> list[str]:
         argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
         argv += ["--save", "", "--appendonly", "no", "--dir", str(self.dir)]
+        if self.sync_delay is not None:
+            argv += ["--repl-diskless-sync-delay", str(self.sync_delay)]
         if self.replica_of is not None:
             argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         return argv
+
+    def _wait_up(self) -> None:
+        probe = self.client()
+        try:
+            wait_for(f"redis-server on port {self.port}", lambda: bool(probe.ping()), 10)
+        finally:
+            probe.close()
 
     def client(self, timeout: float = 5.0) -> redis.Redis:
         return connect("127.0.0.1", self.port, timeout)
@@ -137,22 +158,30 @@ class RedisServer:
         """Start again on the same port (after :meth:`kill`), e.g. as a replica."""
         self.replica_of = replica_of
         self.process = Process(self._argv(), self.dir / "redis.log", self.dir)
-        wait_for(f"redis-server on port {self.port}", lambda: bool(self.client().ping()), 10)
+        self._wait_up()
 
     def close(self) -> None:
         self.process.kill()
 
 
 class RedisPair:
-    """A primary and one replica; ``WAIT 1 0`` after a write waits for the replica to hold it."""
+    """A primary and one replica; ``WAIT 1 0`` after a write waits for the replica to hold it.
 
-    def __init__(self, workdir: Path) -> None:
-        self.primary = RedisServer(workdir)
-        self.replica = RedisServer(workdir, replica_of=self.primary.port)
-        wait_for("the replica's link to its primary", self._linked, 20)
+    ``sync_delay``: both servers' (see :class:`RedisServer`).
+    """
 
-    def _linked(self) -> bool:
-        info = self.replica.client().info("replication")
+    def __init__(self, workdir: Path, sync_delay: int | None = None) -> None:
+        self.primary = RedisServer(workdir, sync_delay=sync_delay)
+        self.replica = RedisServer(workdir, self.primary.port, sync_delay)
+        probe = self.replica.client()
+        try:
+            wait_for("the replica's link to its primary", lambda: self._linked(probe), 20)
+        finally:
+            probe.close()
+
+    @staticmethod
+    def _linked(replica: redis.Redis) -> bool:
+        info = replica.info("replication")
         return info.get("master_link_status") == "up"
 
     @property
@@ -179,11 +208,16 @@ SENTINEL_AGGRESSIVE = SentinelSettings("aggressive", 1_000, 2_000)
 
 
 class SentinelGroup:
-    """A primary, a replica and three Sentinels (quorum 2) watching them."""
+    """A primary, a replica and three Sentinels (quorum 2) watching them.
 
-    def __init__(self, workdir: Path, settings: SentinelSettings) -> None:
+    ``sync_delay``: the pair's (see :class:`RedisServer`).
+    """
+
+    def __init__(
+        self, workdir: Path, settings: SentinelSettings, sync_delay: int | None = None
+    ) -> None:
         self.settings = settings
-        self.pair = RedisPair(workdir)
+        self.pair = RedisPair(workdir, sync_delay)
         self.servers = {s.port: s for s in (self.pair.primary, self.pair.replica)}
         self.sentinels: list[tuple[int, Process]] = []
         for _ in range(3):
@@ -200,11 +234,18 @@ class SentinelGroup:
             )
             argv = [redis_server_binary(), str(conf), "--sentinel"]
             self.sentinels.append((port, Process(argv, d / "sentinel.log", d)))
-        wait_for("every Sentinel to know the replica and the other two", self._ready, 30)
+        probes = [connect("127.0.0.1", port, 1.0) for port, _ in self.sentinels]
+        try:
+            what = "every Sentinel to know the replica and the other two"
+            wait_for(what, lambda: self._ready(probes), 30)
+        finally:
+            for probe in probes:
+                probe.close()
 
-    def _ready(self) -> bool:
-        for port, _ in self.sentinels:
-            m = command(connect("127.0.0.1", port, 1.0), "SENTINEL", "MASTER", MASTER)
+    @staticmethod
+    def _ready(sentinels: list[redis.Redis]) -> bool:
+        for sentinel in sentinels:
+            m = command(sentinel, "SENTINEL", "MASTER", MASTER)
             fields = dict(zip(m[::2], m[1::2], strict=True))
             if int(fields[b"num-slaves"]) < 1 or int(fields[b"num-other-sentinels"]) < 2:
                 return False
@@ -241,8 +282,10 @@ class PySyncObjCluster:
         self.dir = Path(tempfile.mkdtemp(prefix="pysyncobj-", dir=workdir))
         self.raft = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
         self.ports = [free_port() for _ in range(nodes)]
+        self._probes: dict[int, redis.Redis] | None = None
+        """While waiting for the cluster to form: one connection per node, reused by polls."""
         self.nodes: list[Process] = [self._start(i) for i in range(nodes)]
-        wait_for("a PySyncObj leader known to every node", self.formed, 30)
+        self._wait_formed("a PySyncObj leader known to every node")
 
     def _start(self, i: int) -> Process:
         argv = [sys.executable, "-m", "benchmarks.pysyncobj_node"]
@@ -250,9 +293,27 @@ class PySyncObjCluster:
         argv += [self.raft[i], str(self.ports[i]), *(a for a in self.raft if a != self.raft[i])]
         return Process(argv, self.dir / f"node{i}.log", Path(__file__).resolve().parent.parent)
 
+    def _client(self, i: int, timeout: float) -> redis.Redis:
+        """A new connection to node ``i``; while :meth:`_wait_formed` polls, the node's probe
+        (with the longer of the polls' timeouts)."""
+        if self._probes is None:
+            return connect("127.0.0.1", self.ports[i], timeout)
+        if i not in self._probes:
+            self._probes[i] = connect("127.0.0.1", self.ports[i], 2.0)
+        return self._probes[i]
+
+    def _wait_formed(self, what: str) -> None:
+        self._probes = {}
+        try:
+            wait_for(what, self.formed, 30)
+        finally:
+            probes, self._probes = self._probes, None
+            for probe in probes.values():
+                probe.close()
+
     def raft_status(self, i: int) -> tuple[str, str]:
         """(state, leader) as node ``i`` sees them; state 2 is leader."""
-        reply = command(connect("127.0.0.1", self.ports[i], 1.0), "RAFT")
+        reply = command(self._client(i, 1.0), "RAFT")
         state, leader, _ = reply.decode().split()
         return state, leader
 
@@ -271,11 +332,11 @@ class PySyncObjCluster:
         if leader is None:
             return False
         # a write through every node applies: the cluster is connected and caught up
-        return all(bool(connect("127.0.0.1", p, 2.0).set("probe", "1")) for p in self.ports)
+        return all(bool(self._client(i, 2.0).set("probe", "1")) for i in range(len(self.ports)))
 
     def restart(self, i: int) -> None:
         self.nodes[i] = self._start(i)
-        wait_for("the restarted PySyncObj node to catch up", self.formed, 30)
+        self._wait_formed("the restarted PySyncObj node to catch up")
 
     @property
     def processes(self) -> list[Process]:

@@ -7,6 +7,11 @@ appliance lab is brought up for its turn in the round and down after it, so at m
 agents run at a time (an idle agent still heartbeats, and its CPU would tax the others).
 Ratios are computed from the pooled samples of all rounds, and per round as well, to show how
 much the noise moves them.
+
+The quick mode (a smoke run: it proves every phase works, it measures nothing) trades that
+isolation for time: its peers and its Sentinel group start in the background during its one
+lab's turn, and that lab and the PySyncObj cluster stay up from the latency phase to the
+failover trials and the backup faults (see :class:`Standing`).
 """
 
 from __future__ import annotations
@@ -81,15 +86,29 @@ class Mode:
     """What the latency and throughput phase runs."""
     failover_labs: tuple[str, ...]
     """Replication styles of the appliance's failover trials."""
+    fault_baseline_s: float = faults.BASELINE
+    """Seconds of writes before a backup's plug is pulled: the normal p99 a join's is
+    compared with."""
     faults_on_failover_lab: bool = False
     """Run the backup-fault phase on the semi-active failover lab instead of a fresh one (the
     quick mode: every lab started costs seconds, and the smoke run only proves the phases)."""
     keepalived: bool = False
     """Whether to measure keepalived VIP failover too (root only; ``failover_trials`` each)."""
-    prestart_sentinel: bool = False
-    """Start the first aggressive Sentinel group while the other failover trials run (the
-    quick mode: its Sentinels take ~7 s to discover each other; the full mode keeps every
-    trial alone on the machine)."""
+    redis_sync_delay_s: int | None = None
+    """The Redis primaries' ``repl-diskless-sync-delay``: seconds a replica waits for its first
+    sync, so that more replicas share it; ``None`` keeps Redis's default, 5 s (the quick mode's
+    0 links every pair at once; only the start of a pair waits for it, no write does)."""
+    prestart: bool = False
+    """Start the peers and the first aggressive Sentinel group in the background once the
+    first lab has formed, while its turn runs (the quick mode: they take a few seconds, most
+    of it waiting; the full mode starts every system when its phase does, and keeps every trial
+    alone on the machine). Not while the lab boots: the connections they open take ephemeral
+    ports, one of which could be a port the lab derived for an agent that has yet to bind it."""
+    reuse: bool = False
+    """Keep the latency phase's 3-node lab of a failover style (and its PySyncObj cluster) up
+    for the failover trials instead of starting fresh ones (the quick mode: a lab's ``up``
+    and ``down`` cost ~2 s each; the full mode brings every lab down after its turn, so no
+    idle agents tax the next system)."""
 
 
 FULL = Mode(
@@ -122,8 +141,11 @@ QUICK = Mode(
     idle_seconds=0.5,
     systems=(HEADLINE, REDIS, REDIS_WAIT, PYSYNCOBJ),
     failover_labs=("semi-active",),
+    fault_baseline_s=0.5,
     faults_on_failover_lab=True,
-    prestart_sentinel=True,
+    redis_sync_delay_s=0,
+    prestart=True,
+    reuse=True,
 )
 
 
@@ -140,9 +162,9 @@ class Target:
 class Peers:
     """The comparison systems, up for the whole latency/throughput phase."""
 
-    def __init__(self, workdir: Path, with_batching: bool) -> None:
-        self.redis = RedisServer(workdir)
-        self.pair = RedisPair(workdir)
+    def __init__(self, workdir: Path, with_batching: bool, sync_delay: int | None = None) -> None:
+        self.redis = RedisServer(workdir, sync_delay=sync_delay)
+        self.pair = RedisPair(workdir, sync_delay)
         self.raft = PySyncObjCluster(workdir, batch=False)
         self.raft_batch = PySyncObjCluster(workdir, batch=True) if with_batching else None
 
@@ -164,20 +186,129 @@ class Peers:
                 c.close()
 
 
+class Standing:
+    """The systems of a run that outlive one phase: the peers, and what the quick mode starts
+    ahead of its phase or keeps up after it (``Mode.prestart``, ``Mode.reuse``).
+
+    Whatever no phase closed is closed by :meth:`close` when the run ends, failed or not.
+    """
+
+    def __init__(self, workdir: Path, mode: Mode) -> None:
+        self.workdir = workdir
+        self.mode = mode
+        self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="prestart")
+        self._peers: concurrent.futures.Future[Peers] | Peers | None = None
+        self._sentinel: concurrent.futures.Future[SentinelGroup] | None = None
+        self._started = not mode.prestart
+        self._labs: dict[str, Lab] = {}
+        if not mode.prestart:  # up for the whole latency phase, the appliance's turns included
+            self._peers = self._new_peers()
+
+    def _new_peers(self) -> Peers:
+        batching = PYSYNCOBJ_BATCH in self.mode.systems
+        return Peers(self.workdir, batching, self.mode.redis_sync_delay_s)
+
+    def prestart(self) -> None:
+        """Start the peers and the first aggressive Sentinel group in the background, if the
+        mode prestarts them and they are not started yet (see ``Mode.prestart``)."""
+        if self._started:
+            return
+        self._started = True
+        self._peers = self._pool.submit(self._new_peers)
+        self._sentinel = self._pool.submit(
+            SentinelGroup, self.workdir, SENTINEL_AGGRESSIVE, self.mode.redis_sync_delay_s
+        )
+
+    def peers(self) -> Peers:
+        """The peers, once they are up (a prestarted start's failure is raised here)."""
+        self.prestart()
+        if isinstance(self._peers, concurrent.futures.Future):
+            self._peers = self._peers.result()
+        if self._peers is None:
+            raise RuntimeError("the peers were closed at the end of the latency phase")
+        return self._peers
+
+    def latency_done(self) -> None:
+        """The peers are closed now, before the phases that do not use them, unless the
+        failover trials reuse their PySyncObj cluster (then they close them)."""
+        if not self.mode.reuse:
+            self.close_peers()
+
+    def kept_raft(self) -> PySyncObjCluster | None:
+        """The latency phase's PySyncObj cluster (no batching), if the failovers reuse it."""
+        return self.peers().raft if self.mode.reuse and self._peers is not None else None
+
+    def keep_lab(self, lab: Lab) -> bool:
+        """Keep ``lab`` up for the failover trials, if they reuse it; else it is closed."""
+        keep = (
+            self.mode.reuse
+            and (lab.nodes, lab.event_loop) == (3, "asyncio")
+            and lab.replication in self.mode.failover_labs
+            and lab.replication not in self._labs
+        )
+        if keep:
+            self._labs[lab.replication] = lab
+        return keep
+
+    def take_lab(self, replication: str) -> Lab | None:
+        """The kept lab of ``replication`` (the taker closes it), if there is one."""
+        return self._labs.pop(replication, None)
+
+    def take_sentinel(self) -> SentinelGroup | None:
+        """The prestarted aggressive Sentinel group (the taker closes it), if there is one."""
+        future, self._sentinel = self._sentinel, None
+        return None if future is None else future.result()
+
+    def close_peers(self) -> None:
+        """Close the peers now (a no-op once closed): no idle peer taxes a later phase."""
+        peers, self._peers = self._peers, None
+        if isinstance(peers, concurrent.futures.Future):
+            with contextlib.suppress(Exception):  # its failure was raised where it was used
+                peers.result().close()
+        elif peers is not None:
+            peers.close()
+
+    def close(self) -> None:
+        try:
+            for lab in self._labs.values():
+                lab.close()
+            self._labs.clear()
+            self.close_peers()
+            future, self._sentinel = self._sentinel, None
+            if future is not None:  # started, never used: a phase before it failed
+                with contextlib.suppress(Exception):  # its failure is no run's concern then
+                    future.result().close()
+        finally:
+            self._pool.shutdown()
+
+
 @contextlib.contextmanager
 def lab_target(
-    workdir: Path, nodes: int, replication: str, event_loop: str = "asyncio"
+    workdir: Path,
+    nodes: int,
+    replication: str,
+    event_loop: str = "asyncio",
+    keep: Callable[[Lab], bool] = lambda _: False,
 ) -> Iterator[tuple[Lab, Target]]:
+    """A formed lab for the block; closed after it, unless ``keep(lab)`` took it over."""
     lab = Lab(workdir, nodes, replication, event_loop)
     try:
         primary = lab.wait_formed()
         yield lab, Target(lab.port(primary), 0, lab.agent_pids())
-    finally:
+    except BaseException:
+        lab.close()
+        raise
+    if not keep(lab):
         lab.close()
 
 
+_STARTED = time.monotonic()
+
+
 def _say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+    """A progress line, with the seconds since the harness started: where a run's time goes."""
+    elapsed = time.monotonic() - _STARTED
+    print(f"[{time.strftime('%H:%M:%S')} {elapsed:6.1f} s] {text}", flush=True)
 
 
 def _rotated(items: list[str], r: int) -> list[str]:
@@ -185,8 +316,7 @@ def _rotated(items: list[str], r: int) -> list[str]:
     return items[k:] + items[:k]
 
 
-def latency_and_throughput(workdir: Path, mode: Mode) -> dict[str, Any]:
-    peers = Peers(workdir, with_batching=PYSYNCOBJ_BATCH in mode.systems)
+def latency_and_throughput(workdir: Path, mode: Mode, standing: Standing) -> dict[str, Any]:
     lat: dict[str, list[float]] = {}
     per_round: dict[str, list[float]] = {}
     load: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -198,9 +328,12 @@ def latency_and_throughput(workdir: Path, mode: Mode) -> dict[str, Any]:
                 _say(f"round {r + 1}/{mode.rounds}: {name}")
                 with contextlib.ExitStack() as stack:
                     if name in APPLIANCE_LABS:
-                        _, t = stack.enter_context(lab_target(workdir, *APPLIANCE_LABS[name]))
+                        nodes, style, loop = APPLIANCE_LABS[name]
+                        booted = lab_target(workdir, nodes, style, loop, keep=standing.keep_lab)
+                        _, t = stack.enter_context(booted)
+                        standing.prestart()  # formed: its agents hold their ports
                     else:
-                        t = peers.targets()[name]
+                        t = standing.peers().targets()[name]
                     writes = mode.writes_per_round
                     if name == PYSYNCOBJ_BATCH:
                         writes = max(20, writes // 20)  # ~100-200 ms a write: keep it short
@@ -229,7 +362,7 @@ def latency_and_throughput(workdir: Path, mode: Mode) -> dict[str, Any]:
                         if r == 0 and clients == 8 and depth == 1:
                             res[name]["load (8 clients)"] = m
     finally:
-        peers.close()
+        standing.latency_done()
     latency: dict[str, dict[str, Any]] = {
         n: {**summary(s), "p50_ms_per_round": per_round[n]} for n, s in lat.items()
     }
@@ -264,16 +397,16 @@ def scaling(workdir: Path, mode: Mode) -> dict[str, Any]:
     return {str(n): summary(s) for n, s in sorted(lat.items())}
 
 
-def failovers(workdir: Path, mode: Mode, labs: dict[str, Lab]) -> dict[str, Any]:
+def failovers(
+    workdir: Path, mode: Mode, labs: dict[str, Lab], standing: Standing
+) -> dict[str, Any]:
     """The failover trials; ``labs``: the appliance's, by name (the caller closes them)."""
     trials: dict[str, list[dict[str, float]]] = {}
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    early = (
-        pool.submit(SentinelGroup, workdir, SENTINEL_AGGRESSIVE) if mode.prestart_sentinel else None
-    )
-    raft: PySyncObjCluster | None = None
+    kept = standing.kept_raft()
+    raft: PySyncObjCluster | None = kept
     try:
-        raft = PySyncObjCluster(workdir, batch=False)
+        if raft is None:
+            raft = PySyncObjCluster(workdir, batch=False)
         for i in range(mode.failover_trials):
             for name, lab in labs.items():
                 _say(f"failover trial {i + 1}/{mode.failover_trials}: {name}")
@@ -283,19 +416,17 @@ def failovers(workdir: Path, mode: Mode, labs: dict[str, Lab]) -> dict[str, Any]
                 pull = functools.partial(lab.pull_power, primary)
                 trials.setdefault(name, []).append(failover.run_trial(target, pull))
             _say(f"failover trial {i + 1}/{mode.failover_trials}: pysyncobj")
-            trials.setdefault("pysyncobj", []).append(_raft_trial(raft))
+            last = i + 1 == mode.failover_trials
+            trials.setdefault("pysyncobj", []).append(_raft_trial(raft, restart=not last))
             _say(f"failover trial {i + 1}/{mode.failover_trials}: redis sentinel aggressive")
-            group, early = (None if early is None else early.result()), None
+            group = standing.take_sentinel()
             trials.setdefault(f"redis sentinel {SENTINEL_AGGRESSIVE.name}", []).append(
-                _sentinel_trial(workdir, SENTINEL_AGGRESSIVE, group=group)
+                _sentinel_trial(workdir, mode, SENTINEL_AGGRESSIVE, group=group)
             )
     finally:
-        if raft is not None:
+        if raft is not None and raft is not kept:
             raft.close()
-        if early is not None:  # started, never used: a trial before it failed
-            with contextlib.suppress(Exception):
-                early.result().close()
-        pool.shutdown()
+        standing.close_peers()  # reused or not: the backup faults need no peer
     if mode.sentinel_default_trials:
         # ~30 s of waiting each, all of it idle: run them side by side, writers paced
         _say(f"{mode.sentinel_default_trials} Sentinel trials at default settings, in parallel")
@@ -304,7 +435,7 @@ def failovers(workdir: Path, mode: Mode, labs: dict[str, Lab]) -> dict[str, Any]
 
         def one() -> None:
             try:
-                out.append(_sentinel_trial(workdir, SENTINEL_DEFAULT, pace=0.002))
+                out.append(_sentinel_trial(workdir, mode, SENTINEL_DEFAULT, pace=0.002))
             except BaseException as e:
                 errors.append(e)
 
@@ -330,7 +461,9 @@ def _local(port: int) -> tuple[str, int]:
     return ("127.0.0.1", port)
 
 
-def _raft_trial(raft: PySyncObjCluster) -> dict[str, float]:
+def _raft_trial(raft: PySyncObjCluster, restart: bool = True) -> dict[str, float]:
+    """One leader kill; ``restart``: start the old leader again and wait for it to catch up,
+    for the next trial (after the last one the cluster is closed: no waiting for that)."""
     leader = raft.leader()
     if leader is None:
         raise RuntimeError("no PySyncObj leader before the trial")
@@ -342,16 +475,21 @@ def _raft_trial(raft: PySyncObjCluster) -> dict[str, float]:
         return t
 
     result = failover.run_trial(lambda: ("127.0.0.1", raft.ports[via]), kill)
-    raft.restart(leader)
+    if restart:
+        raft.restart(leader)
     return result
 
 
 def _sentinel_trial(
-    workdir: Path, settings: Any, pace: float = 0.0, group: SentinelGroup | None = None
+    workdir: Path,
+    mode: Mode,
+    settings: Any,
+    pace: float = 0.0,
+    group: SentinelGroup | None = None,
 ) -> dict[str, float]:
     """One Sentinel failover trial, on ``group`` (started already) or a new group; closes it."""
     if group is None:
-        group = SentinelGroup(workdir, settings)
+        group = SentinelGroup(workdir, settings, mode.redis_sync_delay_s)
     try:
 
         def target() -> tuple[str, int] | None:
@@ -457,8 +595,11 @@ def run(mode: Mode, out_dir: Path, plot: bool) -> Path:
             _say(f"{name} phase failed: {e!r}; the run goes on")
             failed[name] = f"{type(e).__name__}: {e}"
 
-    with _workdir(keep=lambda: bool(failed)) as workdir:
-        results |= latency_and_throughput(workdir, mode)
+    with (
+        _workdir(keep=lambda: bool(failed)) as workdir,
+        contextlib.closing(Standing(workdir, mode)) as standing,
+    ):
+        results |= latency_and_throughput(workdir, mode, standing)
         results["scaling"] = {}
         results["failover"] = {}
 
@@ -469,8 +610,9 @@ def run(mode: Mode, out_dir: Path, plot: bool) -> Path:
             labs: dict[str, Lab] = {}
             try:
                 for style in mode.failover_labs:
-                    labs[f"appliance {style}"] = Lab(workdir, 3, style)
-                results["failover"] = failovers(workdir, mode, labs)
+                    lab = standing.take_lab(style) or Lab(workdir, 3, style)
+                    labs[f"appliance {style}"] = lab
+                results["failover"] = failovers(workdir, mode, labs, standing)
                 if mode.faults_on_failover_lab:
                     lab = labs["appliance semi-active"]
                     phase("faults", lambda: faults_on(lab))
@@ -480,7 +622,7 @@ def run(mode: Mode, out_dir: Path, plot: bool) -> Path:
 
         def faults_on(lab: Lab | None) -> None:
             results["faults"] = faults.run(
-                workdir, mode.fault_trials, mode.join_keys, _say, lab=lab
+                workdir, mode.fault_trials, mode.join_keys, _say, lab, mode.fault_baseline_s
             )
 
         def vip() -> None:
@@ -534,7 +676,9 @@ def run_only(phase: str, mode: Mode, out_dir: Path) -> Path:
         if phase == "keepalived":
             results |= keepalived.run(workdir, mode.failover_trials, _say)
         elif phase == "faults":
-            results["faults"] = faults.run(workdir, mode.fault_trials, mode.join_keys, _say)
+            results["faults"] = faults.run(
+                workdir, mode.fault_trials, mode.join_keys, _say, baseline=mode.fault_baseline_s
+            )
     results["seconds"] = round(time.time() - started, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{results['date']}-only-{phase}.json"
