@@ -9,7 +9,8 @@ the whole store (TCP, from the primary) while the client keeps writing.
 * **stall**: the longest interval between two acknowledged writes from the pull until the
   backup boots again;
 * **join**: the p99 latency of the writes sent while the backup was joining (from its boot to
-  its log line ``accepted into view``), against the p99 before the pull.
+  its log lines ``accepted into view`` and ``restored the snapshot``, whichever is later: it
+  is admitted while it may still be loading the snapshot), against the p99 before the pull.
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ def _log_time(path: Path, pattern: str, after: float) -> float:
         if t >= after and rx.search(line):
             return t
     raise LookupError(f"no line matching {pattern!r} in {path} after the pull")
+
+
+_RESTORED = r"restored the snapshot of index"
+
+
+def _wait_logged(path: Path, pattern: str, after: float, timeout: float) -> None:
+    """Until ``path`` has a line matching ``pattern`` after ``after``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _log_time(path, pattern, after)
+            return
+        except LookupError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
 
 
 def _load(port: int, keys: int) -> None:
@@ -112,6 +129,7 @@ def run(
                 time.sleep(baseline)
                 t_pull = lab.pull_power(victim)
                 lab.wait_formed(120)
+                _wait_logged(lab.log(victim), _RESTORED, t_pull, 60.0)
                 time.sleep(0.3)
             finally:
                 w.stop()
@@ -119,7 +137,12 @@ def run(
                 raise RuntimeError("a write through the primary failed while a backup was down")
             log = lab.log(victim)
             t_boot = _log_time(log, r"incarnation=", t_pull)
-            t_joined = _log_time(log, r"role BACKUP: accepted into view", t_boot)
+            # Accepted into the view while it may still be loading the snapshot (in steps):
+            # the join lasts until both are done.
+            t_joined = max(
+                _log_time(log, r"role BACKUP: accepted into view", t_boot),
+                _log_time(log, _RESTORED, t_boot),
+            )
             stalls.append(_longest_gap(w.ops, t_pull, t_boot))
             joins.append(t_joined - t_boot)
             normal += [o.end - o.start for o in w.ops if o.end < t_pull]

@@ -27,8 +27,7 @@ import logging
 import os
 import signal
 import struct
-from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "CHILD_NICENESS",
@@ -38,7 +37,6 @@ __all__ = [
     "Produce",
     "Result",
     "choose_encoder",
-    "drain",
     "fork_available",
 ]
 
@@ -47,8 +45,6 @@ log = logging.getLogger(__name__)
 CHILD_NICENESS = 10
 """How much lower the child's CPU priority is: on a busy node the agents serving writes come
 first, and the snapshot takes longer instead."""
-
-T = TypeVar("T")
 
 _HEADER = struct.Struct(">Q32s")
 _READ = 1 << 20
@@ -94,16 +90,6 @@ def choose_encoder(flag: str | None, environ: Mapping[str, str] | None = None) -
     if encoder is Encoder.CHILD and not fork_available():
         raise ValueError(f"{source}=child: this platform has no fork(); use loop")
     return encoder
-
-
-def drain(steps: Generator[None, None, T]) -> T:
-    """Run steps meant to be interleaved with other work all at once (the child has none)."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
 
 
 class ForkedSnapshot:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from appliance.protocols.engine import NodeEngine
 from appliance.protocols.messages import Role
 from appliance.protocols.replication import Determinism
+from appliance.protocols.steps import Steps
 from appliance.service.kv import KVStore, SnapshotSteps
 from appliance.service.resp import Error, ProtocolError, RequestParser, encode
 
@@ -48,6 +49,11 @@ class KVApplication:
 
     def restore(self, data: bytes) -> None:
         self.store = KVStore.restore(data, self.det, self.info)
+
+    def restore_steps(self, data: bytes) -> Steps[None]:
+        """:meth:`restore` in bounded steps (see KVStore.restore_steps); the store is
+        replaced at the last one."""
+        self.store = yield from KVStore.restore_steps(data, self.det, self.info)
 
     def digest(self) -> bytes:
         return self.store.digest()

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
-from appliance.node.snapshot_child import ForkedSnapshot, Produce, Result, drain, fork_available
+from appliance.node.snapshot_child import ForkedSnapshot, Produce, Result, fork_available
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="needs fork()")
 
@@ -125,12 +125,3 @@ def test_a_cancelled_child_is_killed_and_its_result_dropped() -> None:
         assert results.empty()  # and none can come: the pipe is closed
 
     asyncio.run(main())
-
-
-def test_drain_runs_steps_to_their_result() -> None:
-    def steps() -> Generator[None, None, str]:
-        for _ in range(3):
-            yield
-        return "done"
-
-    assert drain(steps()) == "done"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from appliance.protocols.config import ProtocolConfig
 from appliance.protocols.engine import NodeEngine
-from appliance.protocols.replication import Determinism, Replicator, Style
+from appliance.protocols.events import Delivered, StateReset
+from appliance.protocols.messages import Role
+from appliance.protocols.replication import Determinism, Replicator, Style, encode_update
+from appliance.protocols.steps import Steps
 from appliance.service.app import KVApplication
 from tests.steps import run_steps
 
@@ -58,3 +61,88 @@ def test_the_kv_service_is_snapshotted_in_steps_to_the_same_bytes() -> None:
     parts, count = run_steps(r.snapshot_steps())
     assert b"".join(parts) == r.snapshot()
     assert count > 2  # sorted, merged and encoded a slice at a time
+
+
+class _SteppedCounter(_Counter):
+    """A counter whose restore takes three steps, applying effects as a log of values."""
+
+    def __init__(self, det: Determinism) -> None:
+        super().__init__(det)
+        self.applied: list[int] = []
+
+    def apply_effects(self, effects: bytes) -> None:
+        self.value += int(effects)
+        self.applied.append(int(effects))
+
+    def restore_steps(self, data: bytes) -> Steps[None]:
+        for _ in range(3):
+            yield
+        self.value = int(data)
+
+
+def _update(index: int, amount: int) -> Delivered:
+    """Input ``index`` as a semi-passive backup gets it: the primary's state update."""
+    return Delivered(index, 0, 0, index, b"add", encode_update(b"%d" % amount, b"ok"))
+
+
+def _passive(make_app: object) -> Replicator:
+    r = _replicator(make_app)
+    r.style = Style.SEMI_PASSIVE
+    return r
+
+
+def test_inputs_delivered_during_a_stepped_restore_are_applied_after_it_in_order() -> None:
+    r = _passive(_SteppedCounter)
+    r.begin_restore(b"100")
+    r.handle(_update(1, 1), 0.0)
+    assert not r.restore_step(0.0)
+    r.handle(_update(2, 10), 0.0)
+    steps = 1
+    while not r.restore_step(0.0):
+        steps += 1
+    app = r.app
+    assert isinstance(app, _SteppedCounter)
+    assert steps == 3 and not r.restoring
+    assert app.value == 111 and app.applied == [1, 10]  # on the restored state, in order
+    r.handle(_update(3, 1000), 0.0)  # and later ones at once
+    assert app.value == 1111
+
+
+def test_an_application_without_restore_steps_is_restored_at_the_first_step() -> None:
+    r = _passive(_Counter)
+    r.begin_restore(b"7")
+    r.handle(_update(1, 1), 0.0)
+    assert r.restore_step(0.0)
+    app = r.app
+    assert isinstance(app, _Counter) and app.value == 8
+
+
+def test_a_reset_abandons_the_restore_and_what_it_held() -> None:
+    r = _passive(_SteppedCounter)
+    r.begin_restore(b"100")
+    r.handle(_update(1, 1), 0.0)
+    r.handle(StateReset("rejoin"), 0.0)
+    assert not r.restoring and r.restore_step(0.0)
+    app = r.app
+    assert isinstance(app, _SteppedCounter) and app.value == 0 and app.applied == []
+
+
+def test_a_snapshot_or_digest_asked_during_a_restore_is_of_the_restored_state() -> None:
+    r = _passive(_SteppedCounter)
+    r.begin_restore(b"5")
+    r.handle(_update(1, 2), 0.0)
+    assert r.digest() == b"7" and not r.restoring
+    r.begin_restore(b"40")
+    assert run_steps(r.snapshot_steps())[0] == (b"40",)
+
+
+def test_a_snapshot_the_application_refuses_makes_the_replica_leave() -> None:
+    r = _replicator(KVApplication)
+    r.engine.member.role = Role.BACKUP
+    r.begin_restore(b"\x09not a snapshot")
+    r.handle(_update(1, 1), 0.0)
+    while not r.restore_step(0.0):
+        pass
+    assert not r.restoring
+    assert r.app.digest() == KVApplication(r.det).digest()  # an empty store, nothing applied
+    assert any(isinstance(e, StateReset) for e in r.engine.member.events)

@@ -969,3 +969,45 @@ def test_execute_never_raises_on_client_input(name: bytes, rest: list[bytes]) ->
         backup.apply_effects(out.effects)
         h.advance(7)
     assert backup.digest() == h.store.digest()
+
+
+@pytest.mark.parametrize("count", [0, 1, 2047, 2048, 2049, 5 * 2048 + 3])
+def test_a_stepped_restore_is_the_one_call_restore_in_bounded_steps(count: int) -> None:
+    """Same store whatever the slice boundaries, a slice of keys per step."""
+    rng = random.Random(count)
+    store = KVStore(NoDeterminism())
+    for i in range(count):
+        k = rng.randbytes(rng.randrange(0, 12)) + i.to_bytes(3, "big")
+        store._data[k] = rng.randbytes(rng.randrange(0, 40))
+        if i % 5 == 0:
+            store._expires[k] = 1_000_000 + i
+    blob = store.snapshot()
+    restored, steps = run_steps(KVStore.restore_steps(blob, NoDeterminism()))
+    assert restored._data == store._data and restored._expires == store._expires
+    assert sorted(restored._heap) == sorted((at, k) for k, at in store._expires.items())
+    assert restored.snapshot() == blob
+    assert steps == 2 + -(-count // kv._RESTORE_SLICE)  # the lengths, then a slice a step
+
+
+def test_a_stepped_restore_refuses_keys_out_of_order_across_slices() -> None:
+    """Each slice is checked against the last key of the one before it too."""
+    n = kv._RESTORE_SLICE + 1
+    keys = [b"%06d" % i for i in range(n)]
+    keys[n - 1], keys[n - 2] = keys[n - 2], keys[n - 1]  # the last two swap: across a boundary
+    blob = kv._encode_snapshot(keys, [b"v"] * n, [])
+    with pytest.raises(WireError, match="not strictly sorted"):
+        run_steps(KVStore.restore_steps(blob, NoDeterminism()))
+    with pytest.raises(WireError, match="not strictly sorted"):
+        KVStore.restore(blob, NoDeterminism())
+
+
+@given(st.binary(max_size=200))
+def test_restoring_any_bytes_gives_a_store_or_a_wire_error(data: bytes) -> None:
+    """Stepped or not: a clear refusal for anything that is not a snapshot, never a crash."""
+    try:
+        stepped, _ = run_steps(KVStore.restore_steps(data, NoDeterminism()))
+    except WireError:
+        with pytest.raises(WireError):
+            KVStore.restore(data, NoDeterminism())
+    else:
+        assert KVStore.restore(data, NoDeterminism())._data == stepped._data

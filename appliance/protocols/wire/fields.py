@@ -169,6 +169,11 @@ class Reader:
         start = self._take(n, what)
         return self._data[start : start + n]
 
+    def skip(self, n: int, what: str = "bytes") -> int:
+        """Pass over the next ``n`` bytes without copying them; their offset in the buffer
+        (for a caller that slices a large column itself)."""
+        return self._take(n, what)
+
     def count(self, max_items: int) -> int:
         """Read a u32 item count and refuse counts above ``max_items``.
 
