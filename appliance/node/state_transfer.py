@@ -9,8 +9,10 @@ is that host side on both ends:
   in chunks and awaits ``drain()`` after each, so a slow joiner or a large state never holds up
   the event loop, and with it the multicast path and the clients.
 * :func:`fetch_snapshot` on the joiner connects to the offering node, sends a request
-  authenticated with the cluster key, reads with a timeout and a size limit, and checks the
-  digest from the offer (which the engine checks again in ``install_state``).
+  authenticated with the cluster key, reads with a timeout and a size limit, and hashes the
+  stream as it arrives against the digest from the offer; the parts go to the engine's
+  ``install_state`` with that digest (the offer's size and digest are checked there too, so
+  12 MB is not hashed a second time on the loop).
 * :class:`SnapshotChannel` wires both to the engine's events for the agent.
 
 The stream itself is not authenticated: the digest in the authenticated offer is what makes a
@@ -269,8 +271,10 @@ async def fetch_snapshot(
     size: int,
     digest: bytes,
     timeout: float,
-) -> bytes:
-    """The offered snapshot's blob from ``host:port``; raises StateTransferError.
+) -> list[bytes]:
+    """The offered snapshot's blob from ``host:port``, in the parts it arrived in (12 MB
+    joined is a copy the engine makes once, of the application's part only); raises
+    StateTransferError.
 
     ``size`` and ``digest`` come from the authenticated offer: the server's stated size must be
     exactly ``size`` (which also bounds what is read), and the bytes must hash to ``digest``.
@@ -313,7 +317,7 @@ async def fetch_snapshot(
             left -= len(part)
         if not hmac.compare_digest(h.digest(), digest):
             raise StateTransferError("digest mismatch: the data is not the offered snapshot")
-        return b"".join(parts)
+        return parts
     except (ConnectionError, OSError) as e:
         raise StateTransferError(f"connection to {host}:{port} failed: {e}") from None
     finally:
@@ -414,15 +418,17 @@ class SnapshotChannel:
             eng.state_fetch_failed(ev.snapshot_id, str(e), loop.time())
             self.poke()
             return
-        if eng.install_state(ev.snapshot_id, blob, loop.time()):
+        size = sum(map(len, blob))
+        # Hashed as it arrived and checked against the offer: not again on the loop.
+        if eng.install_state(ev.snapshot_id, blob, loop.time(), ev.digest):
             self.fetched += 1
-            self.bytes_received += len(blob)
+            self.bytes_received += size
             log.info(
                 "%s: state transfer: fetched snapshot %d (%d bytes) from node %d over TCP "
                 "in %.3f s",
                 self.name,
                 ev.snapshot_id,
-                len(blob),
+                size,
                 ev.source_node,
                 time.monotonic() - started,
             )

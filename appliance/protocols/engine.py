@@ -182,13 +182,22 @@ class NodeEngine:
         ``snapshot_head`` followed by the state, if the host computed it; else computed here."""
         self.member.provide_snapshot(snapshot_id, app_state, now, digest)
 
-    def install_state(self, snapshot_id: int, blob: bytes, now: float) -> bool:
-        """Joiner: the blob of an offered snapshot, fetched point-to-point (``SnapshotOffered``).
+    def install_state(
+        self,
+        snapshot_id: int,
+        blob: bytes | Sequence[bytes],
+        now: float,
+        digest: bytes | None = None,
+    ) -> bool:
+        """Joiner: the blob of an offered snapshot, fetched point-to-point (``SnapshotOffered``),
+        whole or in the parts it arrived in (joined here only from where the application's
+        state starts).
 
         False (and the fetch is retried on the primary's next offer) if it is not the offered
-        snapshot's size and digest, or the offer is no longer current.
+        snapshot's size and digest, or the offer is no longer current. ``digest``: the SHA-256
+        of the parts, if the host computed it as they arrived; else computed here.
         """
-        return self.member.install_state(snapshot_id, blob, now)
+        return self.member.install_state(snapshot_id, blob, now, digest)
 
     def state_fetch_failed(self, snapshot_id: int, reason: str, now: float) -> None:
         """Joiner: fetching an offered snapshot failed; it is retried on the next offer."""

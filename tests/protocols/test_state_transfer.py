@@ -11,6 +11,8 @@ import hashlib
 import itertools
 from collections.abc import Callable
 
+import pytest
+
 from appliance.protocols.config import ProtocolConfig, StateTransfer
 from appliance.protocols.engine import NodeEngine
 from appliance.protocols.events import (
@@ -250,3 +252,35 @@ def test_a_snapshot_head_is_only_given_for_the_admission_in_progress() -> None:
     head = h.a.snapshot_head(ready.snapshot_id, len(APP_STATE))
     assert head is not None and ready.blob == head + APP_STATE
     assert h.a.snapshot_head(ready.snapshot_id + 1, len(APP_STATE)) is None
+
+
+@pytest.mark.parametrize("cuts", [[1], [2, 3, 5], [7], [64, 200], [len(APP_STATE) // 2], [10**9]])
+def test_a_blob_in_parts_installs_like_the_blob_whole_wherever_it_was_cut(cuts: list[int]) -> None:
+    """The TCP fetch hands over the parts it read (cut anywhere, even inside the protocol
+    state's length) with the digest it computed: the engine joins the application's part."""
+
+    def fetch(ev: SnapshotOffered, now: float) -> None:
+        blob = h.serving[ev.snapshot_id].blob
+        bounds = [0, *[c for c in cuts if c < len(blob)], len(blob)]
+        parts = [blob[a:b] for a, b in itertools.pairwise(bounds)]
+        assert h.b.install_state(ev.snapshot_id, parts, now, hashlib.sha256(blob).digest())
+
+    h = Hosts(fetch)
+    h.run(2.0, lambda: h.b.role is Role.BACKUP)
+    assert h.b.role is Role.BACKUP
+    [installed] = h.of(SnapshotInstalled)
+    assert installed.app_state == APP_STATE
+
+
+def test_parts_whose_digest_is_not_the_offers_are_refused() -> None:
+    results: list[bool] = []
+
+    def fetch(ev: SnapshotOffered, now: float) -> None:
+        blob = h.serving[ev.snapshot_id].blob
+        parts = [blob[:10], blob[10:]]
+        digest = bytes(32) if not results else None  # then: computed by the engine
+        results.append(h.b.install_state(ev.snapshot_id, parts, now, digest))
+
+    h = Hosts(fetch)
+    h.run(2.0, lambda: h.b.role is Role.BACKUP)
+    assert results == [False, True]
