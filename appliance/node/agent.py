@@ -519,7 +519,10 @@ class Agent:
         peers saw a flat wire), and the datagrams queued meanwhile made a backlog it then
         caught up on while the primary held its ordering to admit it, which is what the
         writes made during a join waited for. Inputs delivered during the steps are applied
-        after the last one (``Replicator.begin_restore``).
+        after the last one (``Replicator.begin_restore``); only then does the engine report
+        the snapshot installed (``restored``), so the primary admits this node once it can
+        act on, and lead with, everything it acknowledges: a member that took over with
+        inputs still held would number its replies after ones it had not produced yet.
         """
         self.replicator.begin_restore(state)
         restoring = self.restoring is not None
@@ -547,9 +550,17 @@ class Agent:
             if self.restoring is not None:
                 index, started = self.restoring
                 ms = (self.loop.time() - started) * 1000
-                self._log("restored the snapshot of index %d in %.0f ms", index, ms)
+                held = self.replicator.held_last
+                self._log(
+                    "restored the snapshot of index %d in %.0f ms (and the %d inputs "
+                    "delivered meanwhile)",
+                    index,
+                    ms,
+                    held,
+                )
             self.restoring = None
-            self.driver.poke()  # the replies of the inputs held meanwhile
+            self.engine.restored(self.loop.time())  # the primary may admit us now
+            self.driver.poke()
 
         self.loop.call_soon(step)
 

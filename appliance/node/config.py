@@ -220,6 +220,7 @@ class ClusterConfig:
             key=key,
             annexed=True,  # both replication styles attach an annex to every input
             state_transfer=StateTransfer.STREAM,  # snapshots go by TCP (node/state_transfer.py)
+            host_confirms_restore=True,  # the agent loads a snapshot in steps (Agent._restore)
             **timing,
             **dataclasses.asdict(self.protocol),
         )

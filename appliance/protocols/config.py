@@ -80,6 +80,11 @@ class ProtocolConfig:
     handover_timeout: float = 1.0
     """A graceful hand-over (``step_down``) that has not completed after this long gives up:
     the primary resumes ordering, or, once it voted for its successor, takes over again."""
+    host_confirms_restore: bool = False
+    """The host loads an installed snapshot in steps and says when it is done
+    (``NodeEngine.restored``): until then the joiner does not report the snapshot installed,
+    so the primary neither counts on it nor admits it (a member must be able to act on every
+    input it acknowledged, and lead). Without it the load is taken to be done at once."""
     annexed: bool = False
     """Every input carries an annex the primary's host attaches after executing it (VDF
     records for semi-active replication, the state update for semi-passive); backups deliver

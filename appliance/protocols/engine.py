@@ -199,6 +199,12 @@ class NodeEngine:
         """
         return self.member.install_state(snapshot_id, blob, now, digest)
 
+    def restored(self, now: float) -> None:
+        """Joiner (``cfg.host_confirms_restore``): the host has loaded the snapshot of the last
+        ``SnapshotInstalled`` and applied every input delivered since; the primary may now
+        count on this node and admit it."""
+        self.member.restored(now)
+
     def state_fetch_failed(self, snapshot_id: int, reason: str, now: float) -> None:
         """Joiner: fetching an offered snapshot failed; it is retried on the next offer."""
         self.member.state_fetch_failed(snapshot_id, reason, now)

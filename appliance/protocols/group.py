@@ -312,6 +312,8 @@ class GroupMember:
         self.learning_progress = (self.delivered, now)
         self.learning_snapshot = 0
         self.last_install_ack = -NEVER
+        self.restoring = False
+        """Our host is still loading the installed snapshot (``cfg.host_confirms_restore``)."""
         self.suspect_since: float | None = None
         self.started = now
         self.primary_hint: tuple[Member, float] | None = None
@@ -1091,9 +1093,15 @@ class GroupMember:
         conf = self.confirming
         if self.is_primary and conf is not None and body.kind is AckKind.VIEW:
             if h.view == conf.view.number:
+                others = conf.waiting - {conf.joiner.node}
                 conf.waiting.discard(h.src_node)
                 if h.src_node == conf.joiner.node:
                     self.confirming = None
+                elif others and not conf.waiting - {conf.joiner.node} and self.view is not None:
+                    # The last member to learn of the joiner: confirm it now, not at the next
+                    # retry (proposal_retry, 30 ms, while every write waits for the joiner).
+                    conf.last_sent = now
+                    self._emit(AcceptBackup(self.view.members, conf.joiner.node, confirmed=True))
             return
         if not self.is_primary or body.kind is not AckKind.STATE_INSTALLED:
             return
@@ -1217,7 +1225,19 @@ class GroupMember:
         self._set_role(Role.LEARNING, f"state from node {source.node} installed at {index}")
         self.learning_snapshot = snapshot_id
         self.last_install_ack = now
-        self._emit(AcceptAck(AckKind.STATE_INSTALLED, snapshot_id, self.delivered))
+        self.restoring = self.cfg.host_confirms_restore
+        if not self.restoring:
+            self._emit(AcceptAck(AckKind.STATE_INSTALLED, snapshot_id, self.delivered))
+
+    def restored(self, now: float) -> None:
+        """The host has loaded the installed snapshot (and applied what was delivered since):
+        report it installed now, with everything delivered meanwhile."""
+        if not self.restoring:
+            return
+        self.restoring = False
+        if self.role is Role.LEARNING:
+            self.last_install_ack = now
+            self._emit(AcceptAck(AckKind.STATE_INSTALLED, self.learning_snapshot, self.delivered))
 
     def _send_offer(self, adm: Admission, now: float) -> None:
         assert adm.parts is not None
@@ -1271,6 +1291,7 @@ class GroupMember:
         self.assembly = None
         self.fetch = None
         self.learning_from = None
+        self.restoring = False
         self.delivered = self.commit = self.known_end = self.record_sent_upto = 0
         self.last_ack_sent = 0
         self.log.clear()
@@ -1661,7 +1682,7 @@ class GroupMember:
             or self._failed(src.node, now)
         ):
             self._reset("state transfer did not complete", now)
-        elif now >= self.last_install_ack + self.cfg.join_retry:
+        elif not self.restoring and now >= self.last_install_ack + self.cfg.join_retry:
             # The primary admits us only once it knows the snapshot is installed: repeat it.
             self.last_install_ack = now
             ack = AcceptAck(AckKind.STATE_INSTALLED, self.learning_snapshot, self.delivered)

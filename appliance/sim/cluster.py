@@ -125,6 +125,8 @@ class SimNode:
     """Snapshots this node's host serves to joiners (stream transfer), by id."""
     fetch_gen: int = 0
     """Bumped on every offer: a fetch still running for an older offer is abandoned."""
+    restore_stepping: bool = False
+    """A stepped restore's next step is scheduled."""
 
     @property
     def alive(self) -> bool:
@@ -168,6 +170,7 @@ class SimCluster:
             key=b"sim-key-" + bytes([7] * 24),
             annexed=style is not None,
             state_transfer=state_transfer,
+            host_confirms_restore=True,  # as the agent: restored() once the state is loaded
         )
         self.net = SimNetwork(self.rng)
         self.now = 0.0
@@ -192,6 +195,11 @@ class SimCluster:
         self.restore_stall = 0.0
         """Seconds a joiner's host stands still loading an installed snapshot (its loop
         blocked: no heartbeat, no datagram handled). A 100,000-key restore takes about 0.25 s."""
+        self.restore_step = 0.0
+        """Seconds between the steps of a joiner's restore, as the agent restores (0: in one
+        call). Its host goes on handling datagrams in between; the inputs delivered meanwhile
+        wait in the Replicator. Large enough that faults land while a backup, already
+        admitted, is still restoring."""
         self.fetch_reset = 0.1
         """Chance that a fetch breaks half-way (a reset connection), on top of the faults."""
         self.fetch_faults = 0
@@ -268,6 +276,7 @@ class SimCluster:
         sn.incarnation += 1
         sn.engine = NodeEngine(self.cfg, node, sn.incarnation, self.now)
         sn.paused = False
+        sn.restore_stepping = False
         sn.inbox.clear()
         sn.log = []
         sn.chain = [b""]
@@ -416,8 +425,16 @@ class SimCluster:
             r = Reader(ev.app_state)
             sn.log, app_state = decode_log(r.blob()), r.blob()
             r.finish()
-            if sn.replicator is not None:
-                sn.replicator.restore(app_state)
+            if sn.replicator is not None and self.restore_step > 0:
+                sn.replicator.begin_restore(app_state)
+                if not sn.restore_stepping:
+                    sn.restore_stepping = True
+                    self.at(self.now + self.restore_step, "restore_step", (sn.node, sn.incarnation))
+            else:
+                if sn.replicator is not None:
+                    sn.replicator.restore(app_state)
+                assert sn.engine is not None
+                sn.engine.restored(self.now)
             sn.chain = [b""]
             for ident in sn.log:
                 sn.chain.append(chain_hash(sn.chain[-1], ident))
@@ -578,6 +595,19 @@ class SimCluster:
         if sn.alive and not sn.paused:
             self.log(f"node {node} paused")
             sn.paused = True
+
+    def _on_restore_step(self, data: tuple[int, int]) -> None:
+        node, incarnation = data
+        sn = self.nodes[node]
+        if sn.engine is None or sn.incarnation != incarnation or sn.replicator is None:
+            return
+        if sn.paused or not sn.replicator.restore_step(self.now):
+            self.at(self.now + self.restore_step, "restore_step", data)
+            return
+        sn.restore_stepping = False
+        self.log(f"node {node} restored its snapshot")
+        sn.engine.restored(self.now)  # only now does it report the snapshot installed
+        self._step(sn)
 
     def _on_thaw(self, node: int) -> None:
         sn = self.nodes[node]

@@ -140,12 +140,14 @@ def run_seed(
 ) -> SeedResult:
     """One seeded run. ``style`` "mixed" picks by seed: a bare log, semi-active KV, or
     semi-passive KV (seed % 3), so a seed always replays in the same mode. The state transfer
-    is the agent's stream transfer, except in one seed of four (``transfer_for``)."""
+    is the agent's stream transfer, except in one seed of four (``transfer_for``), and a
+    joiner restores in steps, except in one seed of four (``restore_step_for``)."""
     if style == "mixed":
         style = STYLES[seed % 3]
     assert not isinstance(style, str)
     transfer = transfer_for(seed)
     c = SimCluster(seed, nodes=nodes, trace=trace, style=style, state_transfer=transfer)
+    c.restore_step = restore_step_for(seed)
     rng = random.Random(seed * 7919 + 1)
     faults = _nemesis(c, rng, 1.0, duration)
     error = ""
@@ -184,6 +186,13 @@ def transfer_for(seed: int) -> StateTransfer:
     """Stream transfer (the agent's) for three seeds of four; the core's multicast transfer
     for the rest, so that it stays covered too. Independent of the style (seed % 3)."""
     return StateTransfer.MULTICAST if (seed // 3) % 4 == 3 else StateTransfer.STREAM
+
+
+def restore_step_for(seed: int) -> float:
+    """A joiner restores in steps 10 ms apart (as the agent does, slowed down so that faults
+    land mid-restore) in three seeds of four; in one call in the rest, as a host without
+    stepped restores would. Independent of the style and the transfer."""
+    return 0.0 if (seed // 12) % 4 == 3 else 0.01
 
 
 def _run_one(args: tuple[int, int, str]) -> SeedResult:

@@ -6,7 +6,13 @@ from appliance.protocols.config import ProtocolConfig
 from appliance.protocols.engine import NodeEngine
 from appliance.protocols.events import Delivered, StateReset
 from appliance.protocols.messages import Role
-from appliance.protocols.replication import Determinism, Replicator, Style, encode_update
+from appliance.protocols.replication import (
+    HELD_PER_STEP,
+    Determinism,
+    Replicator,
+    Style,
+    encode_update,
+)
 from appliance.protocols.steps import Steps
 from appliance.service.app import KVApplication
 from tests.steps import run_steps
@@ -102,7 +108,7 @@ def test_inputs_delivered_during_a_stepped_restore_are_applied_after_it_in_order
         steps += 1
     app = r.app
     assert isinstance(app, _SteppedCounter)
-    assert steps == 3 and not r.restoring
+    assert steps == 4 and not r.restoring  # three of the app's, one for the held inputs
     assert app.value == 111 and app.applied == [1, 10]  # on the restored state, in order
     r.handle(_update(3, 1000), 0.0)  # and later ones at once
     assert app.value == 1111
@@ -112,9 +118,24 @@ def test_an_application_without_restore_steps_is_restored_at_the_first_step() ->
     r = _passive(_Counter)
     r.begin_restore(b"7")
     r.handle(_update(1, 1), 0.0)
-    assert r.restore_step(0.0)
+    assert not r.restore_step(0.0)  # restored, and the held input applied
     app = r.app
     assert isinstance(app, _Counter) and app.value == 8
+    assert r.restore_step(0.0) and r.held_last == 1
+
+
+def test_many_held_inputs_are_applied_a_bounded_batch_per_step() -> None:
+    r = _passive(_Counter)
+    r.begin_restore(b"0")
+    n = 3 * HELD_PER_STEP + 1
+    for i in range(1, n + 1):
+        r.handle(_update(i, 1), 0.0)
+    steps = 0
+    while not r.restore_step(0.0):
+        steps += 1
+        app = r.app
+        assert isinstance(app, _Counter) and app.value <= steps * HELD_PER_STEP
+    assert steps == 4 and r.held_last == n
 
 
 def test_a_reset_abandons_the_restore_and_what_it_held() -> None:
