@@ -22,8 +22,12 @@ from appliance.protocols.replication import Style
 
 __all__ = ["LabLayout", "LabState", "NodeState", "default_dir"]
 
-PORT_BASE = 21000
-PORT_SPAN = 40000
+PORT_BASE = 12000
+PORT_SPAN = 20000
+"""Labs take their ports in 12000-31999: below Linux's ephemeral range (32768-60999), from
+which every outgoing connection gets its local port. Inside it, a client connection opened
+while a lab booted (a benchmark's peers, a test's probe) could take a port the lab had chosen
+for an agent that had not bound it yet ("address already in use")."""
 BLOCK = 20
 """Ports per lab: the power strip, the multicast group, then a client and a state port per node."""
 MAX_NODES = (BLOCK - 2) // 2
