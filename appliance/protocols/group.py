@@ -505,6 +505,11 @@ class GroupMember:
         self.view = view
         self.max_view_seen = max(self.max_view_seen, view.number)
         self.promised = max(self.promised, view.number)
+        # A gateway counts only confirmations of the primary's current reign, and on a new
+        # view the primary resends its held replies under it: confirm again what we hold (the
+        # next flush), or those replies wait for our next heartbeat, up to 20 ms. A joiner's
+        # confirmations as a learner carried no view at all.
+        self.last_ack_sent = 0
         members = set(view.nodes)
         for n in list(self.acks):
             if n not in members:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from appliance.protocols.events import (
     SnapshotReleased,
     SnapshotRequested,
 )
-from appliance.protocols.messages import Role
+from appliance.protocols.messages import Body, Role, SecondAck
 
 KEY = b"s" * 32
 APP_STATE = b"application state " * 500
@@ -284,3 +285,32 @@ def test_parts_whose_digest_is_not_the_offers_are_refused() -> None:
     h = Hosts(fetch)
     h.run(2.0, lambda: h.b.role is Role.BACKUP)
     assert results == [False, True]
+
+
+def test_a_joiner_confirms_again_as_a_member_what_it_confirmed_as_a_learner() -> None:
+    """A gateway counts only confirmations of the primary's current reign, and a learner's
+    carry no view: accepted, the joiner confirms its delivered index again under the view, at
+    once, or a reply waiting on it waits for the joiner's next heartbeat."""
+    sent: list[tuple[int | None, object]] = []
+
+    def fetch(ev: SnapshotOffered, now: float) -> None:
+        assert h.b.install_state(ev.snapshot_id, h.serving[ev.snapshot_id].blob, now)
+        h.a.submit(b"ordered while node 2 learns")
+
+    h = Hosts(fetch)
+    emit = h.b.member._emit
+
+    def spy(body: Body, **kw: Any) -> None:
+        view = h.b.member.view
+        sent.append((view.number if view is not None else None, body))
+        emit(body, **kw)
+
+    h.b.member._emit = spy  # type: ignore[method-assign]
+    h.run(2.0, lambda: h.b.role is Role.BACKUP)
+    assert h.b.role is Role.BACKUP
+    view = h.b.member.view
+    assert view is not None
+    h.run(0.002)  # one flush: long before the next heartbeat (20 ms)
+    assert h.b.member.delivered > 0
+    acks = [b for v, b in sent if v == view.number and isinstance(b, SecondAck)]
+    assert acks and acks[0].delivered == h.b.member.delivered
