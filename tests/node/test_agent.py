@@ -162,6 +162,15 @@ def write_config(
     fence = tmp_path / "fence.py"
     fence.write_text(FENCE_SCRIPT.format(dir=str(tmp_path)))
     nodes = {name: Node(name, free_port()) for name in names}
+    # Explicit state ports: the default (client_port + 10000) may be another node's client
+    # port when the free ports are drawn at random, which the config refuses.
+    used = {n.port for n in nodes.values()}
+    state_ports: dict[str, int] = {}
+    for name in names:
+        while (port := free_port()) in used:
+            pass
+        used.add(port)
+        state_ports[name] = port
     lines = [
         "[cluster]",
         f'name = "agent-test-{random.randrange(1 << 30)}"',
@@ -186,6 +195,7 @@ def write_config(
             f"id = {i}",
             'address = "127.0.0.1"',
             f"client_port = {node.port}",
+            f"state_port = {state_ports[node.name]}",
             'fence_action = "power-cycle"',
             "off_hold_ms = 100",
             "[[nodes.fence]]",

@@ -209,24 +209,10 @@ def test_a_large_snapshot_streams_while_the_loop_keeps_serving() -> None:
 # -- the agents --------------------------------------------------------------------------------
 
 
-def _with_state_ports(config: Path) -> None:
-    """Give every node an explicit free state port (the default, client_port +- 10000, is not
-    checked for being free on this machine)."""
-    text = config.read_text()
-    text = re.sub(
-        r"^(client_port = \d+)$",
-        lambda m: f"{m[1]}\nstate_port = {free_port()}",
-        text,
-        flags=re.MULTILINE,
-    )
-    config.write_text(text)
-
-
 @pytest.fixture(params=["child", "loop"])
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """Three agents; the primary encodes snapshots in a forked child, or on its loop."""
     config, nodes = write_config(tmp_path)
-    _with_state_ports(config)
     c = Cluster(tmp_path, config, nodes)
     try:
         for name in NAMES:
