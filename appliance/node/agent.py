@@ -513,7 +513,7 @@ class Agent:
         self.driver.poke()
 
     def _restore(self, index: int, state: bytes) -> None:
-        """Load a snapshot in steps of about 2 ms, one per loop iteration.
+        """Load a snapshot in steps of about 1 ms, one per loop iteration.
 
         In one call, 100,000 keys held this joiner's loop 60-130 ms: no heartbeat left (its
         peers saw a flat wire), and the datagrams queued meanwhile made a backlog it then

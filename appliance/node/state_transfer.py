@@ -403,7 +403,9 @@ class SnapshotChannel:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            blob = await fetch_snapshot(host, port, req, self.key, ev.size, ev.digest, self.timeout)
+            parts = await fetch_snapshot(
+                host, port, req, self.key, ev.size, ev.digest, self.timeout
+            )
         except StateTransferError as e:
             self.failed += 1
             log.error(
@@ -418,9 +420,9 @@ class SnapshotChannel:
             eng.state_fetch_failed(ev.snapshot_id, str(e), loop.time())
             self.poke()
             return
-        size = sum(map(len, blob))
+        size = sum(map(len, parts))
         # Hashed as it arrived and checked against the offer: not again on the loop.
-        if eng.install_state(ev.snapshot_id, blob, loop.time(), ev.digest):
+        if eng.install_state(ev.snapshot_id, parts, loop.time(), ev.digest):
             self.fetched += 1
             self.bytes_received += size
             log.info(

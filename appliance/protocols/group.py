@@ -95,6 +95,19 @@ CATCH_UP_SLACK = 64
 ordering that follows lasts about one round trip."""
 
 
+def _as_parts(blob: bytes | Sequence[bytes]) -> tuple[bytes, ...]:
+    """A snapshot (or its application state) given whole or in parts, as parts."""
+    return (blob,) if isinstance(blob, bytes) else tuple(blob)
+
+
+def _sha256(parts: Sequence[bytes]) -> bytes:
+    """The digest of the parts joined, without joining them."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
 def _split_snapshot(parts: Sequence[bytes]) -> tuple[bytes, bytes]:
     """The protocol state and the application state of a snapshot blob in ``parts``.
 
@@ -408,7 +421,7 @@ class GroupMember:
         now: float,
         digest: bytes | None = None,
     ) -> None:
-        app_parts = (app_state,) if isinstance(app_state, bytes) else tuple(app_state)
+        app_parts = _as_parts(app_state)
         head = self.snapshot_head(snapshot_id, sum(map(len, app_parts)))
         adm = self.admission
         if head is None or adm is None:
@@ -416,12 +429,7 @@ class GroupMember:
         parts = (head, *app_parts)
         if self.cfg.state_transfer is StateTransfer.STREAM:
             adm.parts = parts
-            if digest is None:
-                h = hashlib.sha256()
-                for part in parts:
-                    h.update(part)
-                digest = h.digest()
-            adm.digest = digest
+            adm.digest = _sha256(parts) if digest is None else digest
             j = adm.joiner
             self.events.append(SnapshotReady(snapshot_id, j.node, j.incarnation, parts))
             self._send_offer(adm, now)
@@ -441,12 +449,9 @@ class GroupMember:
         f = self.fetch
         if f is None or f.snapshot_id != snapshot_id or self.role is not Role.JOINING:
             return False
-        parts = (blob,) if isinstance(blob, bytes) else tuple(blob)
+        parts = _as_parts(blob)
         if digest is None:
-            h = hashlib.sha256()
-            for part in parts:
-                h.update(part)
-            digest = h.digest()
+            digest = _sha256(parts)
         if sum(map(len, parts)) != f.size or digest != f.digest:
             self.state_fetch_failed(snapshot_id, "the blob does not match the offer", now)
             return False
@@ -1160,7 +1165,7 @@ class GroupMember:
         a.chunks[body.chunk] = body.data
         if len(a.chunks) == a.total:
             blob = b"".join(a.chunks[i] for i in range(a.total))
-            self._install_snapshot(a.source, a.snapshot_id, blob, now)
+            self._install_snapshot(a.source, a.snapshot_id, (blob,), now)
 
     def _on_state_offer(self, h: Header, body: StateOffer, now: float, from_primary: bool) -> None:
         me = Member(body.target, body.target_incarnation)
@@ -1200,9 +1205,9 @@ class GroupMember:
         return w.getvalue()
 
     def _install_snapshot(
-        self, source: Member, snapshot_id: int, blob: bytes | Sequence[bytes], now: float
+        self, source: Member, snapshot_id: int, parts: Sequence[bytes], now: float
     ) -> None:
-        proto, app = _split_snapshot((blob,) if isinstance(blob, bytes) else blob)
+        proto, app = _split_snapshot(parts)
         r = Reader(proto)
         index = r.u64()
         self.inbound.clear()
@@ -1229,10 +1234,9 @@ class GroupMember:
         self.events.append(SnapshotInstalled(index, app))
         self._set_role(Role.LEARNING, f"state from node {source.node} installed at {index}")
         self.learning_snapshot = snapshot_id
-        self.last_install_ack = now
         self.restoring = self.cfg.host_confirms_restore
         if not self.restoring:
-            self._emit(AcceptAck(AckKind.STATE_INSTALLED, snapshot_id, self.delivered))
+            self._report_installed(now)
 
     def restored(self, now: float) -> None:
         """The host has loaded the installed snapshot (and applied what was delivered since):
@@ -1241,8 +1245,12 @@ class GroupMember:
             return
         self.restoring = False
         if self.role is Role.LEARNING:
-            self.last_install_ack = now
-            self._emit(AcceptAck(AckKind.STATE_INSTALLED, self.learning_snapshot, self.delivered))
+            self._report_installed(now)
+
+    def _report_installed(self, now: float) -> None:
+        """The primary admits us only once it knows the snapshot is installed (and loaded)."""
+        self.last_install_ack = now
+        self._emit(AcceptAck(AckKind.STATE_INSTALLED, self.learning_snapshot, self.delivered))
 
     def _send_offer(self, adm: Admission, now: float) -> None:
         assert adm.parts is not None
@@ -1688,10 +1696,7 @@ class GroupMember:
         ):
             self._reset("state transfer did not complete", now)
         elif not self.restoring and now >= self.last_install_ack + self.cfg.join_retry:
-            # The primary admits us only once it knows the snapshot is installed: repeat it.
-            self.last_install_ack = now
-            ack = AcceptAck(AckKind.STATE_INSTALLED, self.learning_snapshot, self.delivered)
-            self._emit(ack)
+            self._report_installed(now)  # repeated: it may be lost
 
     # ------------------------------------------------------------------ flush
 
