@@ -10,7 +10,11 @@ the whole store (TCP, from the primary) while the client keeps writing.
   backup boots again;
 * **join**: the p99 latency of the writes sent while the backup was joining (from its boot to
   its log lines ``accepted into view`` and ``restored the snapshot``, whichever is later: it
-  is admitted while it may still be loading the snapshot), against the p99 before the pull.
+  is admitted while it may still be loading the snapshot), against the p99 before the pull;
+* **join CPU control**: the same, while a process outside the cluster spends the CPU a join
+  spends (:mod:`benchmarks.join_cpu`: the joiner's start-up and restore, the primary's
+  encoding child), against the p99 before it starts. Every lab node shares this machine's
+  cores; the control tells how much of the join's figure that sharing alone accounts for.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import functools
 import itertools
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -27,6 +33,7 @@ from typing import Any
 
 from benchmarks.client import VALUE, connect
 from benchmarks.failover import Op, Writer
+from benchmarks.join_cpu import write_snapshot
 from benchmarks.lab import Lab
 from benchmarks.stats import percentile
 
@@ -147,6 +154,7 @@ def run(
             joins.append(t_joined - t_boot)
             normal += [o.end - o.start for o in w.ops if o.end < t_pull]
             joining += [o.end - o.start for o in w.ops if t_boot <= o.start <= t_joined]
+        control = _join_cpu_control(workdir, lab, trials, keys, say, baseline)
     finally:
         if own:
             lab.close()
@@ -167,4 +175,53 @@ def run(
             "joining_p99_ms": round(join_p99, 3),
             "p99_ratio": round(join_p99 / base_p99, 3),
         },
+        "join_cpu_control": control,
+    }
+
+
+def _join_cpu_control(
+    workdir: Path, lab: Lab, trials: int, keys: int, say: Callable[[str], None], baseline: float
+) -> dict[str, Any]:
+    """Client p99 while :mod:`benchmarks.join_cpu` runs beside the lab, ``trials`` times."""
+    snapshot = workdir / "join-cpu-control.snapshot"
+    write_snapshot(snapshot, keys, VALUE)
+    seconds: list[float] = []
+    normal: list[float] = []
+    during: list[float] = []
+    try:
+        for i in range(trials):
+            say(f"faults: join CPU control {i + 1}/{trials}")
+            port = lab.port(lab.wait_formed(120))
+            w = Writer(functools.partial(_addr, port))
+            w.start()
+            try:
+                time.sleep(baseline)
+                t_spawn = time.time()
+                done = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.join_cpu", str(snapshot)],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
+                t_end = time.time()
+                time.sleep(0.3)
+            finally:
+                w.stop()
+            if done.returncode != 0:
+                raise RuntimeError(f"the join CPU control failed: {done.stderr.strip()}")
+            t_start = float(done.stdout.split()[-1])
+            seconds.append(t_end - t_start)
+            normal += [o.end - o.start for o in w.ops if o.end < t_spawn]
+            during += [o.end - o.start for o in w.ops if t_start <= o.start <= t_end]
+    finally:
+        snapshot.unlink(missing_ok=True)
+    base_p99 = percentile(normal, 99) * 1000
+    p99 = percentile(during, 99) * 1000 if during else float("nan")
+    return {
+        "seconds": [round(t, 3) for t in seconds],
+        "writes": len(during),
+        "normal_p99_ms": round(base_p99, 3),
+        "p99_ms": round(p99, 3),
+        "p99_ratio": round(p99 / base_p99, 3),
     }

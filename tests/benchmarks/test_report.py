@@ -46,3 +46,17 @@ def test_a_failed_faults_phase_is_reported_as_such() -> None:
     rows = {t["what"]: t for t in r["targets"]}
     assert math.isnan(rows["p99 during a join / normal p99"]["measured"])
     assert "the phase did not complete: RuntimeError: a write failed" in report.render(r, "x")
+
+
+def test_the_join_cpu_control_is_reported_beside_the_join_when_measured() -> None:
+    r = _results()
+    assert "Control:" not in report.render(r, "x")  # a run from before the control
+    r["faults"]["join_cpu_control"] = {
+        "seconds": [0.41],
+        "writes": 120,
+        "normal_p99_ms": 2.0,
+        "p99_ms": 5.0,
+        "p99_ratio": 2.5,
+    }
+    text = report.render(r, "x")
+    assert "client p99 5.0 ms against 2.0 ms before (2.50x, 120 writes)" in text

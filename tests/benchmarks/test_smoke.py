@@ -94,6 +94,9 @@ def test_quick_run_writes_complete_results(tmp_path: Path) -> None:
     assert _positive(faults["backup_failure"]["worst_stall_ms"])
     assert faults["join"]["keys"] == 2000 and faults["join"]["writes_during_joins"] > 0
     assert _positive(faults["join"]["p99_ratio"])
+    control = faults["join_cpu_control"]  # the join's CPU spent outside the cluster
+    assert control["writes"] > 0 and _positive(control["p99_ratio"])
+    assert all(_positive(t) for t in control["seconds"])
 
     assert results["targets"] and all(isinstance(t["met"], bool) for t in results["targets"])
     assert all(_positive(v) for v in results["ratios"].values())
