@@ -29,6 +29,8 @@ such rather than as an authentication failure.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
@@ -37,7 +39,6 @@ from appliance.protocols.wire.errors import RejectReason, WireError
 from appliance.protocols.wire.header import (
     KNOWN_FLAGS,
     PROTOCOL_VERSION,
-    Flags,
     Header,
     MessageType,
     OrderRecord,
@@ -71,7 +72,6 @@ _RECORD = struct.Struct(">QHIQ")
 HEADER_LEN = _HEADER.size  # 56
 RECORD_LEN = _RECORD.size  # 22
 _MAX_RECORDS = 0xFFFF
-_SHA256 = "sha256"
 _MESSAGE_TYPE_VALUES = frozenset(int(t) for t in MessageType)
 
 assert HEADER_LEN == 56 and RECORD_LEN == 22  # the documented layout; fails at import if edited
@@ -101,8 +101,37 @@ def overhead(n_records: int) -> int:
     return HEADER_LEN + RECORD_LEN * n_records + HMAC_LEN
 
 
+_SHA256_BLOCK = 64
+
+
+@functools.lru_cache(maxsize=16)
+def _pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 already fed with the HMAC inner and outer padded key (RFC 2104).
+
+    ``hmac.digest`` sets up a new OpenSSL context for every call (2.8 us here); copying these
+    two prepared states costs a quarter of that, on every datagram sent and received.
+    """
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    return (
+        hashlib.sha256(key.translate(_IPAD)),
+        hashlib.sha256(key.translate(_OPAD)),
+    )
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
 def _mac(key: bytes, data: bytes | memoryview) -> bytes:
-    return hmac.digest(key, data, _SHA256)[:HMAC_LEN]
+    """HMAC-SHA256(key, data), truncated to :data:`HMAC_LEN` bytes."""
+    inner, outer = _pads(key)
+    i = inner.copy()
+    i.update(data)
+    o = outer.copy()
+    o.update(i.digest())
+    return o.digest()[:HMAC_LEN]
 
 
 def encode(d: Datagram, key: bytes) -> bytes:
@@ -188,23 +217,9 @@ def decode(
     if not hmac.compare_digest(_mac(key, view[:signed]), view[signed:]):
         raise WireError(RejectReason.BAD_HMAC, "authentication failed")
 
-    (
-        _version,
-        msg_type,
-        flags,
-        cid,
-        src_node,
-        incarnation,
-        packet_number,
-        src_group,
-        dst_group,
-        conn_id,
-        view_no,
-        seq,
-        ack,
-        n_records,
-        body_len,
-    ) = _HEADER.unpack_from(data, 0)
+    fields = _HEADER.unpack_from(data, 0)
+    _, msg_type, flags, cid = fields[:4]
+    n_records, body_len = fields[13:]
     if cid != cluster_id:
         raise WireError(RejectReason.WRONG_CLUSTER, f"cluster {cid}, expected {cluster_id}")
     if msg_type not in _MESSAGE_TYPE_VALUES:
@@ -220,21 +235,7 @@ def decode(
     if expected < signed:
         raise WireError(RejectReason.MALFORMED, f"{signed - expected} trailing bytes")
 
-    header = Header(
-        msg_type=MessageType(msg_type),
-        cluster_id=cid,
-        src_node=src_node,
-        incarnation=incarnation,
-        packet_number=packet_number,
-        src_group=src_group,
-        dst_group=dst_group,
-        conn_id=conn_id,
-        view=view_no,
-        seq=seq,
-        ack=ack,
-        flags=Flags(flags),
-        version=version,
-    )
+    header = Header.unpacked(fields)  # every field checked above or in range by its width
     records = tuple(
         OrderRecord(*_RECORD.unpack_from(data, HEADER_LEN + i * RECORD_LEN))
         for i in range(n_records)

@@ -13,6 +13,7 @@ sender and should fail where it was made, not later inside :func:`encode`.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 
 from appliance.protocols.wire.fields import check_uint
@@ -98,6 +99,37 @@ class Header:
     """u8: kept settable so tests (and a future v2 sender) can produce other versions."""
 
     def __post_init__(self) -> None:
+        # Every datagram sent builds one: the usual case (enums given, every field in range)
+        # is one struct pack, a C loop over the ranges; anything else gets the checks below,
+        # which say which field is wrong.
+        if (
+            type(self.msg_type) is MessageType
+            and isinstance(self.flags, int)
+            and self.flags in _VALID_FLAGS
+        ):
+            try:
+                _HEADER_RANGES.pack(
+                    self.version,
+                    self.cluster_id,
+                    self.src_node,
+                    self.incarnation,
+                    self.packet_number,
+                    self.src_group,
+                    self.dst_group,
+                    self.conn_id,
+                    self.view,
+                    self.seq,
+                    self.ack,
+                )
+            except struct.error:
+                pass
+            else:
+                if type(self.flags) is not Flags:
+                    object.__setattr__(self, "flags", _FLAGS_OF[self.flags])
+                return
+        self._check()
+
+    def _check(self) -> None:
         # Normalise plain ints to the enums so `header.msg_type.name` always works and a
         # decoded header compares and prints like a constructed one.
         if check_uint("msg_type", self.msg_type, 8) not in _MESSAGE_TYPES:
@@ -119,6 +151,45 @@ class Header:
         check_uint("ack", self.ack, 64)
         check_uint("version", self.version, 8)
 
+    @classmethod
+    def unpacked(
+        cls,
+        fields: tuple[int, ...],
+    ) -> Header:
+        """A header from the codec's unpack of the fixed layout, without ``__post_init__``.
+
+        ``fields`` are (version, msg_type, flags, cluster_id, src_node, incarnation,
+        packet_number, src_group, dst_group, conn_id, view, seq, ack) as fixed-width unsigned
+        integers, so every range check would pass; the codec has checked ``msg_type`` and
+        ``flags`` (a ``KeyError`` here means it did not). Decoding runs on every datagram
+        received, and the checks and enum conversions were half of it.
+        """
+        h = object.__new__(cls)
+        put = object.__setattr__
+        put(h, "version", fields[0])
+        put(h, "msg_type", _MESSAGE_TYPE_OF[fields[1]])
+        put(h, "flags", _FLAGS_OF[fields[2]])
+        put(h, "cluster_id", fields[3])
+        put(h, "src_node", fields[4])
+        put(h, "incarnation", fields[5])
+        put(h, "packet_number", fields[6])
+        put(h, "src_group", fields[7])
+        put(h, "dst_group", fields[8])
+        put(h, "conn_id", fields[9])
+        put(h, "view", fields[10])
+        put(h, "seq", fields[11])
+        put(h, "ack", fields[12])
+        return h
+
+
+_MESSAGE_TYPE_OF: dict[int, MessageType] = {int(t): t for t in MessageType}
+_FLAGS_OF: dict[int, Flags] = {f: Flags(f) for f in range(KNOWN_FLAGS + 1) if not f & ~KNOWN_FLAGS}
+_VALID_FLAGS = frozenset(_FLAGS_OF)
+_HEADER_RANGES = struct.Struct(">BIHIQHHIIQQ")
+"""The widths of (version, cluster_id, src_node, incarnation, packet_number, src_group,
+dst_group, conn_id, view, seq, ack): packing them is the range check of all of them."""
+_RECORD_RANGES = struct.Struct(">QHIQ")
+
 
 @dataclass(frozen=True, slots=True)
 class OrderRecord:
@@ -138,6 +209,12 @@ class OrderRecord:
     """u64"""
 
     def __post_init__(self) -> None:
+        try:
+            _RECORD_RANGES.pack(self.index, self.src_group, self.conn_id, self.seq)
+        except struct.error:
+            pass
+        else:
+            return
         check_uint("index", self.index, 64)
         check_uint("src_group", self.src_group, 16)
         check_uint("conn_id", self.conn_id, 32)

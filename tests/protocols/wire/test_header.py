@@ -106,3 +106,23 @@ def test_frozen_and_replace_revalidates() -> None:
     assert dataclasses.replace(h, seq=9).seq == 9
     with pytest.raises(ValueError):
         dataclasses.replace(h, src_node=1 << 16)
+
+
+@pytest.mark.parametrize("bad", [1.0, "1", None, b"\x01"])
+@pytest.mark.parametrize("name", ["seq", "src_node", "version"])
+def test_a_field_that_is_not_an_int_is_rejected_by_name(name: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be an int"):
+        header(**{name: bad})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seq must be an int"):
+        OrderRecord(1, 1, 1, bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [[], 1.0, "URGENT"])
+def test_flags_that_are_not_an_int_are_rejected(bad: object) -> None:
+    with pytest.raises(ValueError, match="flags"):
+        header(flags=bad)  # type: ignore[arg-type]
+
+
+def test_plain_int_flags_beside_an_enum_type_are_normalised() -> None:
+    h = header(MessageType.DATA, flags=6)  # type: ignore[arg-type]
+    assert type(h.flags) is Flags and h.flags == Flags.URGENT | Flags.LOGGED

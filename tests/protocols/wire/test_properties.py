@@ -142,3 +142,42 @@ def test_reader_raises_only_wire_error(data: bytes, ops: list[str], limit: int) 
             assert 0 <= r.remaining <= len(data)
     except WireError:
         pass
+
+
+@SETTINGS
+@given(key=st.binary(min_size=1, max_size=200), data=st.binary(max_size=1500))
+def test_the_mac_is_hmac_sha256_truncated(key: bytes, data: bytes) -> None:
+    """The prepared-pad HMAC is RFC 2104's, for keys shorter and longer than the block."""
+    import hmac
+
+    from appliance.protocols.wire.datagram import _mac
+
+    assert _mac(key, data) == hmac.digest(key, data, "sha256")[:HMAC_LEN]
+    assert _mac(key, memoryview(data)) == _mac(key, data)
+
+
+@SETTINGS
+@given(
+    msg_type=st.sampled_from(list(MessageType)),
+    flags=st.integers(0, int(Flags.RETRANSMISSION | Flags.URGENT | Flags.LOGGED)),
+    fields=st.tuples(
+        uint(32),
+        uint(16),
+        uint(32),
+        uint(64),
+        uint(16),
+        uint(16),
+        uint(32),
+        uint(32),
+        uint(64),
+        uint(64),
+    ),
+)
+def test_a_decoded_header_is_the_constructed_one(
+    msg_type: MessageType, flags: int, fields: tuple[int, ...]
+) -> None:
+    """The decoder's unchecked construction gives what the validating constructor gives."""
+    h = Header(msg_type, *fields, flags=Flags(flags))
+    got = decode(encode(Datagram(h), KEY), KEY, h.cluster_id).header
+    assert got == h and repr(got) == repr(h)
+    assert type(got.msg_type) is MessageType and type(got.flags) is Flags
