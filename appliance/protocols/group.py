@@ -1732,7 +1732,11 @@ class GroupMember:
             primary = self.view.primary
         if primary is None:
             return
-        end = max(self.known_end, max(self.pending, default=0), max(self.annex_pending, default=0))
+        end = self.known_end
+        if self.pending:
+            end = max(end, max(self.pending))
+        if self.annex_pending:
+            end = max(end, max(self.annex_pending))
         if end <= self.delivered or now < self.last_nack + self.cfg.nack_delay * 4:
             return
         self.last_nack = now

@@ -46,7 +46,7 @@ class RttEstimator:
     round trip with its own clock and passes the elapsed seconds in.
     """
 
-    __slots__ = ("_backoff", "_initial_rto", "_max_rto", "_min_rto", "_rttvar", "_srtt")
+    __slots__ = ("_backoff", "_initial_rto", "_max_rto", "_min_rto", "_rto", "_rttvar", "_srtt")
 
     def __init__(
         self, initial_rto: float = 0.05, min_rto: float = 0.005, max_rto: float = 2.0
@@ -73,6 +73,10 @@ class RttEstimator:
         self._srtt: float | None = None
         self._rttvar: float | None = None
         self._backoff = 1
+        self._rto = self._compute_rto()
+
+    def _compute_rto(self) -> float:
+        return min(self._max_rto, self._base_rto() * self._backoff)
 
     def on_sample(self, rtt: float) -> None:
         """Fold in one measured round trip (seconds) and reset the backoff.
@@ -94,6 +98,7 @@ class RttEstimator:
             self._rttvar = (1.0 - _BETA) * self._rttvar + _BETA * abs(self._srtt - rtt)
             self._srtt = (1.0 - _ALPHA) * self._srtt + _ALPHA * rtt
         self._backoff = 1
+        self._rto = self._compute_rto()
 
     def on_timeout(self) -> None:
         """Record that a retransmission timer expired: double the RTO (RFC 6298 5.5).
@@ -104,11 +109,12 @@ class RttEstimator:
         """
         if self._base_rto() * self._backoff < self._max_rto:
             self._backoff *= 2
+            self._rto = self._compute_rto()
 
     @property
     def rto(self) -> float:
         """Current retransmission timeout in seconds, within ``[min_rto, max_rto]``."""
-        return min(self._max_rto, self._base_rto() * self._backoff)
+        return self._rto  # read on every flush of every connection: kept, not recomputed
 
     @property
     def srtt(self) -> float | None:

@@ -59,10 +59,15 @@ class OutboundConnection:
         seq = self.next_seq
         self.next_seq += 1
         if seq > self.acked and seq not in self._sent:
-            self._sent[seq] = Outgoing(seq, payload, after)
-            if seq < max(self._sent):  # a higher one was logged (overheard) first
-                self._sent = dict(sorted(self._sent.items()))
+            self._keep(Outgoing(seq, payload, after))
         return seq
+
+    def _keep(self, m: Outgoing) -> None:
+        """Put ``m`` on the sent list, which stays in sequence order (``due`` relies on it)."""
+        last = next(reversed(self._sent), 0)  # the highest: the list is sorted
+        self._sent[m.seq] = m
+        if m.seq < last:  # a higher one was logged (overheard) first
+            self._sent = dict(sorted(self._sent.items()))
 
     def log(self, seq: int, payload: bytes) -> None:
         """A backup records a message its primary sent (overheard), if it lacks it.
@@ -72,9 +77,7 @@ class OutboundConnection:
         """
         if seq <= self.acked or seq in self._sent:
             return
-        self._sent[seq] = Outgoing(seq, payload, due=False)
-        if seq < max(self._sent):
-            self._sent = dict(sorted(self._sent.items()))
+        self._keep(Outgoing(seq, payload, due=False))
 
     def take_over(self) -> None:
         """This end becomes the transmitting one: continue after everything known, resend all."""
@@ -130,6 +133,8 @@ class OutboundConnection:
 
     def due(self, now: float) -> list[Outgoing]:
         """Messages to put on the wire now: new ones within window, and expired ones."""
+        if not self._sent:  # the usual case on every flush of an idle connection
+            return []
         rto = self.rtt.rto
         limit = self.limit
         out = []
@@ -175,6 +180,8 @@ class OutboundConnection:
         m.due = False
 
     def next_deadline(self) -> float | None:
+        if not self._sent:
+            return None
         rto = self.rtt.rto
         limit = self.limit
         best: float | None = None
