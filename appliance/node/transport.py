@@ -500,7 +500,10 @@ class EngineDriver:
                     except Exception:
                         self.callback_errors += 1
                         log.exception("send of a %d-byte datagram failed", len(d))
-                progressed = bool(out)
+                # Sending cannot feed the engine (our own datagrams come back later, as
+                # input), so only the events, whose handlers may submit or send, can make more
+                # output due this instant.
+                progressed = False
                 while (ev := self.engine.next_event()) is not None:
                     progressed = True
                     self.events_out += 1
