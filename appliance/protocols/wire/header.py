@@ -152,10 +152,7 @@ class Header:
         check_uint("version", self.version, 8)
 
     @classmethod
-    def unpacked(
-        cls,
-        fields: tuple[int, ...],
-    ) -> Header:
+    def unpacked(cls, fields: tuple[int, ...]) -> Header:
         """A header from the codec's unpack of the fixed layout, without ``__post_init__``.
 
         ``fields`` are (version, msg_type, flags, cluster_id, src_node, incarnation,
