@@ -107,7 +107,7 @@ class RttEstimator:
         outage would grow it without bound, and a later :attr:`rto` would still be pinned at
         ``max_rto`` but the multiplier would carry meaningless history.
         """
-        if self._base_rto() * self._backoff < self._max_rto:
+        if self._rto < self._max_rto:  # the RTO is min(max_rto, base * backoff)
             self._backoff *= 2
             self._rto = self._compute_rto()
 

@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from appliance.protocols.wire.errors import RejectReason, WireError
 from appliance.protocols.wire.header import (
     KNOWN_FLAGS,
+    MESSAGE_TYPE_OF,
     PROTOCOL_VERSION,
+    RECORD_LAYOUT,
     Header,
-    MessageType,
     OrderRecord,
 )
 
@@ -68,11 +69,10 @@ MAX_UDP_PAYLOAD = 65507
 """Largest UDP payload IPv4 can carry; :func:`encode` refuses anything bigger."""
 
 _HEADER = struct.Struct(">BBHIHIQHHIIQQHI")
-_RECORD = struct.Struct(">QHIQ")
+_RECORD = RECORD_LAYOUT
 HEADER_LEN = _HEADER.size  # 56
 RECORD_LEN = _RECORD.size  # 22
 _MAX_RECORDS = 0xFFFF
-_MESSAGE_TYPE_VALUES = frozenset(int(t) for t in MessageType)
 
 assert HEADER_LEN == 56 and RECORD_LEN == 22  # the documented layout; fails at import if edited
 
@@ -222,7 +222,7 @@ def decode(
     n_records, body_len = fields[13:]
     if cid != cluster_id:
         raise WireError(RejectReason.WRONG_CLUSTER, f"cluster {cid}, expected {cluster_id}")
-    if msg_type not in _MESSAGE_TYPE_VALUES:
+    if msg_type not in MESSAGE_TYPE_OF:
         raise WireError(RejectReason.UNKNOWN_TYPE, f"message type {msg_type}")
     if flags & ~KNOWN_FLAGS:
         raise WireError(RejectReason.MALFORMED, f"unknown flag bits {flags & ~KNOWN_FLAGS:#x}")

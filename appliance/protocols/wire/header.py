@@ -66,7 +66,16 @@ class Flags(enum.IntFlag):
 
 
 KNOWN_FLAGS = int(Flags.RETRANSMISSION | Flags.URGENT | Flags.LOGGED)
-_MESSAGE_TYPES = frozenset(int(t) for t in MessageType)
+MESSAGE_TYPE_OF: dict[int, MessageType] = {int(t): t for t in MessageType}
+"""Every known message type by its wire value (what the codec accepts)."""
+_FLAGS_OF: dict[int, Flags] = {f: Flags(f) for f in range(KNOWN_FLAGS + 1) if not f & ~KNOWN_FLAGS}
+_VALID_FLAGS = frozenset(_FLAGS_OF)
+_HEADER_RANGES = struct.Struct(">BIHIQHHIIQQ")
+"""The widths of (version, cluster_id, src_node, incarnation, packet_number, src_group,
+dst_group, conn_id, view, seq, ack): packing them is the range check of all of them."""
+RECORD_LAYOUT = struct.Struct(">QHIQ")
+"""An :class:`OrderRecord` on the wire (index, src_group, conn_id, seq): the codec packs it,
+and packing it is the range check of all four fields."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +141,7 @@ class Header:
     def _check(self) -> None:
         # Normalise plain ints to the enums so `header.msg_type.name` always works and a
         # decoded header compares and prints like a constructed one.
-        if check_uint("msg_type", self.msg_type, 8) not in _MESSAGE_TYPES:
+        if check_uint("msg_type", self.msg_type, 8) not in MESSAGE_TYPE_OF:
             raise ValueError(f"msg_type={self.msg_type!r} is not a known MessageType")
         object.__setattr__(self, "msg_type", MessageType(self.msg_type))
         flags = check_uint("flags", self.flags, 16)
@@ -164,7 +173,7 @@ class Header:
         h = object.__new__(cls)
         put = object.__setattr__
         put(h, "version", fields[0])
-        put(h, "msg_type", _MESSAGE_TYPE_OF[fields[1]])
+        put(h, "msg_type", MESSAGE_TYPE_OF[fields[1]])
         put(h, "flags", _FLAGS_OF[fields[2]])
         put(h, "cluster_id", fields[3])
         put(h, "src_node", fields[4])
@@ -177,15 +186,6 @@ class Header:
         put(h, "seq", fields[11])
         put(h, "ack", fields[12])
         return h
-
-
-_MESSAGE_TYPE_OF: dict[int, MessageType] = {int(t): t for t in MessageType}
-_FLAGS_OF: dict[int, Flags] = {f: Flags(f) for f in range(KNOWN_FLAGS + 1) if not f & ~KNOWN_FLAGS}
-_VALID_FLAGS = frozenset(_FLAGS_OF)
-_HEADER_RANGES = struct.Struct(">BIHIQHHIIQQ")
-"""The widths of (version, cluster_id, src_node, incarnation, packet_number, src_group,
-dst_group, conn_id, view, seq, ack): packing them is the range check of all of them."""
-_RECORD_RANGES = struct.Struct(">QHIQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,7 @@ class OrderRecord:
 
     def __post_init__(self) -> None:
         try:
-            _RECORD_RANGES.pack(self.index, self.src_group, self.conn_id, self.seq)
+            RECORD_LAYOUT.pack(self.index, self.src_group, self.conn_id, self.seq)
         except struct.error:
             pass
         else:
