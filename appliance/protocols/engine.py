@@ -215,6 +215,7 @@ class NodeEngine:
         sent: list[bytes] = []
         for _ in range(8):
             self.member.flush(now)
+            self.out.requests_in_order = self.member.carries_own_requests
             self.gateway.flush(now)
             sent.extend(self.out.take())
             if not self.out.local:

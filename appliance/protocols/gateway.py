@@ -48,6 +48,10 @@ class Gateway:
         self.stable = 0
         self.ack_sent = 0
         self.ack_due: float | None = None
+        """When to acknowledge released replies (to every member, or while our requests
+        reach only our own replica, to it alone)."""
+        self.backups_ack_due: float | None = None
+        """When the backups get an acknowledgement our own replica already has."""
 
     def submit(self, payload: bytes) -> int:
         """Queue a request for the service group; returns its sequence number.
@@ -115,23 +119,44 @@ class Gateway:
 
     def flush(self, now: float) -> None:
         for data in self.requests.take_batches(now, self.cfg.batch_bytes):
-            self._send(data)
+            self._send(data, now)
         if self.ack_due is not None and now >= self.ack_due:
             self.ack_due = None
             if self.gate.released > self.ack_sent:
-                self.ack_sent = self.gate.released
-                self.out.emit(
-                    FirstAck(self.gate.window),
-                    src_group=self.group,
-                    dst_group=self.cfg.service_group,
-                    conn_id=self.conn_id,
-                    ack=self.gate.released,
-                )
+                if self.out.requests_in_order:
+                    self._ack(local_only=True)
+                    self._backups_ack_later(now)
+                else:
+                    self._ack(local_only=False)
+        if self.backups_ack_due is not None and now >= self.backups_ack_due:
+            self.backups_ack_due = None
+            if self.gate.released > self.ack_sent:
+                self._ack(local_only=False)
 
-    def _send(self, data: Data) -> None:
-        self.ack_sent = self.gate.released
-        self.ack_due = None
+    def _ack(self, local_only: bool) -> None:
+        """A FirstAck of the replies released so far: to every member, or our own replica."""
         self.out.emit(
+            FirstAck(self.gate.window),
+            src_group=self.group,
+            dst_group=self.cfg.service_group,
+            conn_id=self.conn_id,
+            ack=self.gate.released,
+            local_only=local_only,
+        )
+        if not local_only:
+            self.ack_sent = self.gate.released
+            self.backups_ack_due = None
+
+    def _backups_ack_later(self, now: float) -> None:
+        """Our own replica heard our ack; the backups, whom no request carries it to while
+        our requests reach only our replica (``Outbox.requests_in_order``), need it only to
+        trim the replies they log: one FirstAck per heartbeat interval at most, instead of
+        one per request."""
+        if self.backups_ack_due is None:
+            self.backups_ack_due = now + max(self.cfg.ack_delay, self.cfg.heartbeat_interval)
+
+    def _send(self, data: Data, now: float) -> None:
+        multicast = self.out.emit(
             data,
             src_group=self.group,
             dst_group=self.cfg.service_group,
@@ -139,11 +164,18 @@ class Gateway:
             seq=data.entries[0].seq,
             ack=self.gate.released,
         )
+        self.ack_due = None  # the request carries our ack
+        if multicast:
+            self.ack_sent = self.gate.released
+            self.backups_ack_due = None
+        elif self.gate.released > self.ack_sent:
+            self._backups_ack_later(now)
 
     def next_deadline(self) -> float | None:
         t = self.requests.next_deadline()
-        if self.ack_due is not None and (t is None or self.ack_due < t):
-            t = self.ack_due
+        for d in (self.ack_due, self.backups_ack_due):
+            if d is not None and (t is None or d < t):
+                t = d
         return t
 
     @property

@@ -53,6 +53,7 @@ from appliance.protocols.llmp.receiver import InboundConnection
 from appliance.protocols.llmp.rto import RttEstimator
 from appliance.protocols.llmp.sender import OutboundConnection
 from appliance.protocols.messages import (
+    ORDER_ENTRY_OVERHEAD,
     AcceptAck,
     AcceptBackup,
     AckKind,
@@ -847,15 +848,32 @@ class GroupMember:
         if self.cfg.annexed:
             self._send_annexes(found, with_records=False)
 
+    @property
+    def carries_own_requests(self) -> bool:
+        """Our ORDER messages carry our own gateway's requests whole, so that gateway need not
+        multicast them (``Outbox.requests_in_order``): a primary ordering annexed inputs, and
+        not handing over (a successor must hear them: its own order is the one that counts)."""
+        return self.role is Role.PRIMARY and self.cfg.annexed and self.stepdown is None
+
     def _send_annexes(self, entries: list[LogEntry], with_records: bool) -> None:
-        """ORDER messages carrying annexes (and, for fresh entries, their ordering records)."""
+        """ORDER messages carrying annexes (and, for fresh entries, their ordering records).
+
+        Fresh inputs of our own gateway go whole: its requests reach only our own replica
+        while it is primary (see :attr:`carries_own_requests`). One too large to share a
+        datagram with its annex goes on its own first, as a repair would send it.
+        """
         base = 8 + 4 + 4  # commit, entry count, annex count
-        batch: list[LogEntry] = []
+        batch: list[tuple[LogEntry, bool]] = []
         size = base
+        own = self.out.own_gateway
 
         def flush() -> None:
-            records = [OrderRecord(e.index, e.src_group, e.conn_id, e.seq) for e in batch]
-            body = Order(self.commit, (), tuple((e.index, e.annex) for e in batch))
+            records = [OrderRecord(e.index, e.src_group, e.conn_id, e.seq) for e, _ in batch]
+            body = Order(
+                self.commit,
+                tuple(e for e, whole in batch if whole),
+                tuple((e.index, e.annex) for e, _ in batch),
+            )
             self.out.emit(
                 body,
                 src_group=self.group,
@@ -866,10 +884,18 @@ class GroupMember:
 
         for e in entries:
             cost = len(e.annex) + 12 + (22 if with_records else 0)
+            whole = with_records and e.src_group == own
+            if whole:
+                framed = ORDER_ENTRY_OVERHEAD + len(e.payload)
+                if base + cost + framed > self.cfg.batch_bytes:
+                    self._emit(Order(self.commit, (e,)))
+                    whole = False
+                else:
+                    cost += framed
             if batch and (size + cost > self.cfg.batch_bytes or len(batch) >= MAX_PIGGYBACK):
                 flush()
                 batch, size = [], base
-            batch.append(e)
+            batch.append((e, whole))
             size += cost
         if batch:
             flush()

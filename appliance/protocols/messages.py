@@ -470,10 +470,16 @@ class LogEntry:
     Not part of the entry on the wire: annexes travel in ``Order.annexes``."""
 
 
+ORDER_ENTRY_OVERHEAD = 26
+"""A whole log entry's framing in an ORDER body: index, source group, connection id, seq and
+payload length."""
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
-    """Ordering records in the header; in the body, the commit point, full entries when
-    repairing, and the annexes of the entries (replication styles: VDF records or effects)."""
+    """Ordering records in the header; in the body, the commit point, whole entries (when
+    repairing, and the primary's own gateway's requests when ordering them), and the
+    annexes of the entries (replication styles: VDF records or effects)."""
 
     TYPE: ClassVar[MessageType] = MessageType.ORDER
     commit: int

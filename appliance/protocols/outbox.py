@@ -34,7 +34,13 @@ class Outbox:
         self._datagrams: list[bytes] = []
         self.sent_by_type: dict[str, int] = {}
         self.local_only = 0
-        """Messages to our own gateway, handed over in-process and never sent."""
+        """Messages handed over in-process and never sent: to our own gateway, and our
+        gateway's acknowledgements meant for our own replica alone."""
+        self.requests_in_order = False
+        """Our own replica is the primary and its ORDER messages carry our gateway's requests
+        whole (``GroupMember.carries_own_requests``): set by the engine before every flush."""
+        self.requests_withheld = 0
+        """Requests of our gateway handed to our own replica only, never multicast."""
 
     def emit(
         self,
@@ -48,12 +54,32 @@ class Outbox:
         ack: int = 0,
         records: Sequence[OrderRecord] = (),
         flags: Flags = Flags.NONE,
-    ) -> None:
+        local_only: bool = False,
+    ) -> bool:
+        """Frame and sign one message; False if it only went to our own node, in-process.
+
+        ``local_only``: for our own node only (a gateway's acknowledgement to its own replica).
+        """
         # Our replica's replies and acks to our own gateway: nobody else listens to that group,
         # so it is handed over in-process only, never encoded, signed or sent (and takes no
         # packet number). On the node clients usually talk to (the primary's) that is one
         # datagram fewer per request for every node to wake up for, decode and authenticate.
-        local_only = dst_group == self.own_gateway and src_group != dst_group and not records
+        local_only = local_only or (
+            dst_group == self.own_gateway and src_group != dst_group and not records
+        )
+        withheld = (
+            self.requests_in_order
+            and body.TYPE is MessageType.DATA
+            and src_group == self.own_gateway
+            and dst_group == self.cfg.service_group
+        )
+        if withheld:
+            # Our gateway's requests while our own replica orders them: the ORDER that orders
+            # them carries them whole, so the backups would only get them twice. One datagram
+            # fewer per request for the primary to send and every backup to wake up for. (If
+            # this node dies before ordering them, its gateway's clients die with it.)
+            local_only = True
+            self.requests_withheld += 1
         if not local_only:
             self.packet_number += 1
         header = Header(
@@ -72,8 +98,9 @@ class Outbox:
         )
         if local_only:
             self.local.append((Datagram(header), body))
-            self.local_only += 1
-            return
+            if not withheld:
+                self.local_only += 1
+            return False
         d = Datagram(header, tuple(records), body.encode())
         data = encode(d, self.cfg.key)
         if len(data) > self.cfg.max_datagram:
@@ -89,6 +116,7 @@ class Outbox:
             self.local.append((d, body))
         name = body.TYPE.name.lower()
         self.sent_by_type[name] = self.sent_by_type.get(name, 0) + 1
+        return True
 
     def records_room(self, body_len: int) -> int:
         """How many ordering records still fit beside a body of ``body_len`` bytes."""
