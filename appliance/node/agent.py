@@ -437,6 +437,9 @@ class Agent:
         fields["datagrams_looped_back"] = str(status["looped_back"])
         # Other backups' confirmations, dropped unread by a backup that awaits no reply.
         fields["datagrams_acks_skipped"] = str(status["acks_skipped"])
+        # This node's gateway's requests its own replica, as primary, ordered and carried on
+        # whole in its ORDERs: never multicast on their own.
+        fields["datagrams_requests_in_order"] = str(status["requests_in_order"])
         rejected = status["rejected"]
         assert isinstance(rejected, dict)
         fields["datagrams_rejected"] = str(sum(rejected.values()))

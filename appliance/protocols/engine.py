@@ -296,6 +296,7 @@ class NodeEngine:
             accepted=self.filter.accepted,
             looped_back=self.filter.own,
             acks_skipped=self.acks_skipped,
+            requests_in_order=self.out.requests_withheld,
             requests_in_flight=self.gateway.in_flight,
             requests_backlog=self.gateway.backlog,
             stalls=self.stalls,

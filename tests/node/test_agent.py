@@ -315,6 +315,15 @@ def test_three_agents_serve_and_survive_primary_crash(
             assert r.get("counter") == b"50"
         acked["counter"] = b"50"
 
+        # Requests through the primary's own node ride whole in its ORDERs, never multicast
+        # on their own; those through a backup's node are multicast as ever.
+        carried = {}
+        for n in nodes:
+            fields = n.client(timeout=1).info("replication")
+            carried[n.name] = (fields["llft_role"], int(fields["datagrams_requests_in_order"]))
+        assert next(c for r, c in carried.values() if r == "primary") > 0, carried
+        assert all(c == 0 for r, c in carried.values() if r != "primary"), carried
+
         # DEBUG DIGEST is each replica's own: once writes stop, the replicas agree on it.
         def digests_agree() -> set[bytes] | None:
             got = {n.client(timeout=1).execute_command("DEBUG", "DIGEST") for n in nodes}
