@@ -272,6 +272,7 @@ class Agent:
         )
         self.driver = driver = EngineDriver(engine, endpoint.send, self.on_event)
         endpoint.on_datagram = driver.receive
+        driver.filter_acks = endpoint.filter_second_acks
         stop = asyncio.Event()
 
         def failed(exc: BaseException) -> None:
@@ -440,6 +441,9 @@ class Agent:
         # This node's gateway's requests its own replica, as primary, ordered and carried on
         # whole in its ORDERs: never multicast on their own.
         fields["datagrams_requests_in_order"] = str(status["requests_in_order"])
+        # Whether a backup awaiting no reply can have the kernel drop the other backups'
+        # confirmations (never while a command of this node's clients, this one too, is open).
+        fields["acks_filter"] = "available" if self.driver.filter_acks else "unavailable"
         rejected = status["rejected"]
         assert isinstance(rejected, dict)
         fields["datagrams_rejected"] = str(sum(rejected.values()))

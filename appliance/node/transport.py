@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import netifaces
 
+from appliance.node import ack_filter
 from appliance.protocols.engine import NodeEngine
 from appliance.protocols.events import Event
 
@@ -224,6 +225,8 @@ class MulticastEndpoint(asyncio.DatagramProtocol):
         self.dropped = 0
         """Datagrams not sent: endpoint closed or transport paused (buffer full)."""
         self.last_error: BaseException | None = None
+        self.ack_filter = False
+        """Whether the kernel drops SECOND_ACKs for us now (:meth:`filter_second_acks`)."""
         self._paused = False
         self._closed = asyncio.get_running_loop().create_future()
 
@@ -316,6 +319,24 @@ class MulticastEndpoint(asyncio.DatagramProtocol):
             return
         self.sent += 1
 
+    def filter_second_acks(self, on: bool) -> bool:
+        """Attach (or detach) the kernel filter that drops every SECOND_ACK (``ack_filter``);
+        False if this socket cannot have it (then the engine's own drop remains)."""
+        t = self.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is None:
+            return False
+        try:
+            if on:
+                ack_filter.attach(sock)
+            else:
+                ack_filter.detach(sock)
+        except (OSError, AttributeError) as exc:
+            log.info("no kernel filter for other backups' confirmations: %s", exc)
+            return False
+        self.ack_filter = on
+        return True
+
     @property
     def closed(self) -> bool:
         return self._closed.done()
@@ -388,6 +409,10 @@ class EngineDriver:
         self.failure: BaseException | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
         """Called once if the engine fails and the driver stops (e.g. to exit the agent)."""
+        self.filter_acks: Callable[[bool], bool] | None = None
+        """Attaches or detaches the socket's SECOND_ACK filter (``MulticastEndpoint.
+        filter_second_acks``) as ``engine.acks_filterable`` changes; dropped if it fails."""
+        self._acks_filtered = False
         # counters
         self.wakeups = 0
         """Timer callbacks run (the idle cost of this node)."""
@@ -420,6 +445,11 @@ class EngineDriver:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def acks_filtered(self) -> bool:
+        """Whether the socket's kernel filter drops SECOND_ACKs for us now."""
+        return self._acks_filtered
 
     @property
     def timer_deadline(self) -> float | None:
@@ -482,12 +512,30 @@ class EngineDriver:
 
     # -- the output path --------------------------------------------------------------------
 
+    def _sync_ack_filter(self) -> None:
+        """Filter other backups' confirmations in the kernel exactly while the engine may.
+
+        Checked before every flush round, so the filter is off before our gateway's request
+        or our first message as a candidate leaves (the confirmations they lead to come
+        after), and after the last, so it goes on as soon as nothing here needs them."""
+        if self.filter_acks is None:
+            return
+        want = self.engine.acks_filterable
+        if want is self._acks_filtered:
+            return
+        if self.filter_acks(want):
+            self._acks_filtered = want
+        else:  # this socket cannot have it: the engine's own drop remains
+            self.filter_acks = None
+            self._acks_filtered = False
+
     def _process(self, now: float, after_timer: bool = False) -> None:
         start = now
         self._flushing = True
         try:
             for _ in range(_MAX_ROUNDS):
                 self._again = False
+                self._sync_ack_filter()
                 try:
                     out = self.engine.datagrams_to_send(now)
                 except Exception as exc:
@@ -522,6 +570,7 @@ class EngineDriver:
                 self.loop.call_soon(self.poke)
         finally:
             self._flushing = False
+        self._sync_ack_filter()
         self._arm(start, after_timer)
 
     def _arm(self, now: float, after_timer: bool) -> None:
@@ -570,5 +619,6 @@ class EngineDriver:
             "receive_errors": self.receive_errors,
             "callback_errors": self.callback_errors,
             "max_timer_lag": self.max_timer_lag,
+            "acks_filtered": self._acks_filtered,
             "failure": repr(self.failure) if self.failure is not None else None,
         }

@@ -112,6 +112,18 @@ class NodeEngine:
         self.gateway.on_datagram(d, body, now)
         return True
 
+    @property
+    def acks_filterable(self) -> bool:
+        """The host may have its socket drop every SECOND_ACK before it reaches us.
+
+        A backup whose gateway awaits nothing reads no confirmation (``receive_datagram``
+        drops them unread); dropped in the kernel, they do not even wake it. Only in the
+        BACKUP role, not as a candidate, which is about to lead and then needs them; the
+        host checks this before every flush, so it lets them through again before our
+        gateway sends a request or we lead (``EngineDriver``).
+        """
+        return self.member.role is Role.BACKUP and self.gateway.idle
+
     def handle_timer(self, now: float) -> None:
         self._check_stall(now)
         if now >= self.next_heartbeat:

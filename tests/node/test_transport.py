@@ -35,6 +35,7 @@ from appliance.protocols.events import (
     SnapshotRequested,
 )
 from appliance.protocols.messages import Role
+from appliance.protocols.wire.header import MessageType
 
 KEY = b"k" * 32
 LO = "127.0.0.1"
@@ -205,6 +206,44 @@ def test_endpoints_share_a_group_on_one_host() -> None:
     run(main)
 
 
+def test_the_ack_filter_drops_second_acks_in_the_kernel_and_nothing_else() -> None:
+    async def main() -> None:
+        group, port = fresh_group()
+        got: list[int] = []
+        arrived = asyncio.Event()
+
+        def cb(data: bytes, addr: Any) -> None:
+            got.append(data[1])
+            arrived.set()
+
+        rx = await MulticastEndpoint.open(group, port, LO, cb)
+        tx = loopback_sender(group)
+        try:
+            assert rx.filter_second_acks(True) and rx.ack_filter
+            for t in (MessageType.DATA, MessageType.SECOND_ACK, MessageType.HEARTBEAT):
+                tx.sendto(bytes([1, int(t)]) + bytes(70), (group, port))
+            async with asyncio.timeout(2):
+                while len(got) < 2:
+                    arrived.clear()
+                    await arrived.wait()
+            assert got == [MessageType.DATA, MessageType.HEARTBEAT]
+            assert rx.received == 2  # the confirmation never reached the process
+            assert rx.filter_second_acks(False) and not rx.ack_filter
+            tx.sendto(bytes([1, int(MessageType.SECOND_ACK)]) + bytes(70), (group, port))
+            async with asyncio.timeout(2):
+                while len(got) < 3:
+                    arrived.clear()
+                    await arrived.wait()
+            assert got[-1] == MessageType.SECOND_ACK
+        finally:
+            tx.close()
+            rx.close()
+            await rx.wait_closed()
+        assert not rx.filter_second_acks(True)  # closed: nothing to attach it to
+
+    run(main)
+
+
 def test_endpoint_survives_a_failing_callback() -> None:
     async def main() -> None:
         group, port = fresh_group()
@@ -242,6 +281,8 @@ class Node:
     driver: EngineDriver
     events: list[Event] = field(default_factory=list)
     fences: list[int] = field(default_factory=list)
+    trace: list[tuple[str, int]] = field(default_factory=list)
+    """What the driver did, in order: ("send", message type) and ("filter", on)."""
 
     def delivered(self) -> list[bytes]:
         return [ev.payload for ev in self.events if isinstance(ev, Delivered)]
@@ -257,12 +298,14 @@ class Cluster:
         self.port = port
         self.nodes: dict[int, Node] = {}
         self.changed = asyncio.Event()
+        self.filter_acks = False
 
     @classmethod
-    async def start(cls, nodes: tuple[int, ...] = (1, 2, 3)) -> Cluster:
+    async def start(cls, nodes: tuple[int, ...] = (1, 2, 3), filter_acks: bool = False) -> Cluster:
         group, port = fresh_group()
         cfg = ProtocolConfig(cluster_id=random.randint(1, 1000), nodes=nodes, key=KEY)
         c = cls(cfg, group, port)
+        c.filter_acks = filter_acks
         for n in nodes:
             await c.add(n)
         for node in c.nodes.values():
@@ -273,8 +316,20 @@ class Cluster:
         loop = asyncio.get_running_loop()
         engine = NodeEngine(self.cfg, n, 1, loop.time())
         endpoint = await MulticastEndpoint.open(self.group, self.port, LO)
-        driver = EngineDriver(engine, endpoint.send)
-        node = Node(engine, endpoint, driver)
+        node = Node(engine, endpoint, EngineDriver(engine, lambda d: None))
+        driver = node.driver
+
+        def send(data: bytes) -> None:
+            node.trace.append(("send", data[1]))
+            endpoint.send(data)
+
+        def filter_acks(on: bool) -> bool:
+            node.trace.append(("filter", int(on)))
+            return endpoint.filter_second_acks(on)
+
+        driver._send = send
+        if self.filter_acks:
+            driver.filter_acks = filter_acks
 
         def on_event(ev: Event) -> None:
             node.events.append(ev)
@@ -352,6 +407,41 @@ def test_three_nodes_form_a_group_and_replicate_a_request() -> None:
                 assert node.driver.receive_errors == node.driver.callback_errors == 0
                 assert node.endpoint.errors == node.endpoint.dropped == 0
                 assert node.driver.timer_deadline == node.engine.get_timer()
+        finally:
+            await c.close()
+
+    run(main)
+
+
+def test_backups_filter_confirmations_exactly_while_nothing_here_needs_them() -> None:
+    async def main() -> None:
+        c = await Cluster.start(filter_acks=True)
+        try:
+            await c.wait_until(c.formed, 5.0, "one primary and two admitted backups")
+            primary, gw, other = c.nodes[1], c.nodes[2], c.nodes[3]
+            await c.wait_until(
+                lambda: gw.driver.acks_filtered and other.driver.acks_filtered,
+                2.0,
+                "both backups filtering",
+            )
+            assert not primary.driver.acks_filtered and not primary.endpoint.ack_filter
+            gw.trace.clear()
+            skipped = other.engine.acks_skipped
+            seq = gw.engine.submit(b"SET k v")
+            gw.driver.poke()
+            await c.wait_until(
+                lambda: gw.stable() >= seq and gw.driver.acks_filtered,
+                2.0,
+                "the request stable and the filter back on",
+            )
+            # Off before the request left, on again only once the gateway awaited nothing.
+            sends = [i for i, (what, t) in enumerate(gw.trace) if what == "send" and t == 1]
+            switches = [(i, on) for i, (what, on) in enumerate(gw.trace) if what == "filter"]
+            assert switches[0][1] == 0 and switches[0][0] < sends[0]
+            assert switches[-1][1] == 1 and switches[-1][0] > sends[0]
+            # The primary read every confirmation; the filtering backups never woke for one.
+            assert primary.engine.member.acks[2] >= 1 and primary.engine.member.acks[3] >= 1
+            assert other.engine.acks_skipped == skipped
         finally:
             await c.close()
 
