@@ -472,7 +472,7 @@ class EngineDriver:
         now = self.loop.time()
         try:
             if not self.engine.receive_datagram(data, now):
-                return  # our own, looped back: nothing to send or re-arm
+                return  # nothing became due (our own, looped back, or a spent confirmation)
         except Exception:
             # The engine's filter counts malformed and unauthenticated datagrams itself; an
             # exception here is an engine bug on an authenticated datagram. Drop it and go on:

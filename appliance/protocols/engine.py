@@ -81,10 +81,11 @@ class NodeEngine:
             self.events.append(Stalled(gap))
 
     def receive_datagram(self, data: bytes, now: float) -> bool:
-        """Feed one datagram from the group; False if it was our own, dropped unread.
+        """Feed one datagram from the group; False if nothing can have become due by it.
 
-        Our own datagrams come back by multicast loopback; they change nothing, so the host
-        need not flush or re-arm after them (see ``DatagramFilter.looped_back``).
+        Then the host need not flush or re-arm: our own datagrams, which multicast loopback
+        returns (see ``DatagramFilter.looped_back``), other backups' confirmations dropped
+        unread, and a confirmation that moved nothing (see ``_moved_nothing``).
         """
         if self.filter.looped_back(data):
             return False
@@ -108,9 +109,33 @@ class NodeEngine:
             self.body_rejects += 1
             return True
         self.fd.heard_from(d.header.src_node, now)
+        if d.header.msg_type is not MessageType.SECOND_ACK:
+            self.member.on_datagram(d, body, now)
+            self.gateway.on_datagram(d, body, now)
+            return True
+        commit, events = self.member.commit, len(self.events)
         self.member.on_datagram(d, body, now)
         self.gateway.on_datagram(d, body, now)
-        return True
+        return not self._moved_nothing(commit, events)
+
+    def _moved_nothing(self, commit: int, events: int) -> bool:
+        """Did a confirmation just leave everything a flush acts on as it was?
+
+        On the primary every backup's confirmation counts toward the commit point, but only
+        the last one of a write moves it; the others (three of four with five replicas)
+        would cost a whole flush, which would find nothing to do: no commit, no released
+        reply (an event), nothing emitted, and no admission or hand-over, whose steps also
+        wait on confirmations. (The deadline the host arms does not depend on them either.)
+        """
+        m = self.member
+        return (
+            m.commit == commit
+            and len(self.events) == events
+            and not self.out.local
+            and not len(self.out)
+            and m.admission is None
+            and m.stepdown is None
+        )
 
     @property
     def acks_filterable(self) -> bool:

@@ -345,8 +345,8 @@ class SimCluster:
         if sn.paused:
             sn.inbox.append(datagram)
             return
-        sn.engine.receive_datagram(datagram, self.now)
-        self._step(sn)
+        if sn.engine.receive_datagram(datagram, self.now):
+            self._step(sn)  # else nothing became due: the agent's driver does not step either
 
     def _on_timer(self, data: tuple[int, int]) -> None:
         node, gen = data
