@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +31,23 @@ from tests.node.test_agent import Cluster, Node, free_port, wait_for, write_key
 
 NAMES = ("n1", "n2", "n3")
 WIRE_OUT = 4
+
+
+TOGGLE = """\
+import sys, time
+path = sys.argv[1]
+level = False
+writes = 0
+while True:
+    level = not level
+    with open(path, "wb") as f:
+        f.write(b"1" if level else b"0")
+    writes += 1
+    if writes == 2:  # one whole toggle
+        print("toggling", flush=True)
+    time.sleep(0.01)
+"""
+"""A heartbeat wire that keeps toggling after its node died (its power was not cut)."""
 
 
 def write_config(tmp_path: Path, plug: str) -> tuple[Path, dict[str, Node]]:
@@ -114,7 +131,7 @@ def test_no_promotion_without_a_confirmed_fence(
     cluster = Cluster(tmp_path, config, nodes)
     wires = tmp_path / "wires"
     env = {"APPLIANCE_LAB_WIRES": str(wires)}
-    toggling = threading.Event()
+    toggler: subprocess.Popen[str] | None = None
     try:
         for name in NAMES:
             cluster.start(name, env)
@@ -143,18 +160,17 @@ def test_no_promotion_without_a_confirmed_fence(
         # 2. The new primary crashes, but its wire keeps toggling: its fence is not accepted.
         last = next(n for n in rest if n != second)
 
-        def toggle() -> None:
-            level = False
-            path = wires / f"{second}.out"
-            while not toggling.is_set():
-                level = not level
-                path.write_bytes(b"1" if level else b"0")
-                time.sleep(0.01)
-
         mark = len((tmp_path / f"{last}.log").read_text())
+        # The test now toggles the dead node's wire, from a process of its own (a thread of
+        # this one can be held off the interpreter long enough to look flat); it starts
+        # toggling before the node dies, so the wire never stops.
+        toggler = subprocess.Popen(
+            [sys.executable, "-c", TOGGLE, str(wires / f"{second}.out")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert toggler.stdout is not None and toggler.stdout.readline() == "toggling\n"
         kill(nodes[second])
-        toggler = threading.Thread(target=toggle, daemon=True)
-        toggler.start()  # the test now toggles the dead node's wire
         wait_for(
             "a fence of the second primary",
             lambda: sum("Off" in p for p in state.paths) >= 2 or None,
@@ -163,13 +179,15 @@ def test_no_promotion_without_a_confirmed_fence(
         never_primary(tmp_path, [last], 3.0)  # the wire proof waits 2 s, then the fence fails
         since = (tmp_path / f"{last}.log").read_text()[mark:]
         assert "FAILED" in since and "wire" in since, since
-        toggling.set()  # the wire goes flat: the fence is proven, the last node takes over
-        toggler.join(5)
+        toggler.kill()  # the wire goes flat: the fence is proven, the last node takes over
+        toggler.wait(5)
         wait_for("the last node as primary", lambda: role(tmp_path, last) == "primary" or None, 20)
         assert last != second != first
     except BaseException:
         print(cluster.logs(), file=sys.stderr)
         raise
     finally:
-        toggling.set()
+        if toggler is not None:
+            toggler.kill()
+            toggler.wait(5)
         cluster.stop_all()
