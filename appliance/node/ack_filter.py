@@ -40,14 +40,17 @@ SECOND_ACK_FILTER: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
+_CODE = b"".join(struct.pack("HBBI", *ins) for ins in SECOND_ACK_FILTER)
+"""The program as the kernel reads it: an array of ``struct sock_filter``."""
+
+
 class _Settable(Protocol):
     def setsockopt(self, level: int, optname: int, value: int | bytes, /) -> None: ...
 
 
 def attach(sock: _Settable) -> None:
     """Have the kernel drop every SECOND_ACK arriving on ``sock``; raises OSError if it can't."""
-    code = b"".join(struct.pack("HBBI", *ins) for ins in SECOND_ACK_FILTER)
-    buf = ctypes.create_string_buffer(code, len(code))
+    buf = ctypes.create_string_buffer(_CODE, len(_CODE))
     prog = struct.pack("HL", len(SECOND_ACK_FILTER), ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)  # the kernel copies the code
 

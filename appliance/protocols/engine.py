@@ -109,14 +109,11 @@ class NodeEngine:
             self.body_rejects += 1
             return True
         self.fd.heard_from(d.header.src_node, now)
-        if d.header.msg_type is not MessageType.SECOND_ACK:
-            self.member.on_datagram(d, body, now)
-            self.gateway.on_datagram(d, body, now)
-            return True
         commit, events = self.member.commit, len(self.events)
         self.member.on_datagram(d, body, now)
         self.gateway.on_datagram(d, body, now)
-        return not self._moved_nothing(commit, events)
+        spent = d.header.msg_type is MessageType.SECOND_ACK and self._moved_nothing(commit, events)
+        return not spent
 
     def _moved_nothing(self, commit: int, events: int) -> bool:
         """Did a confirmation just leave everything a flush acts on as it was?
