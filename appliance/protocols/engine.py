@@ -60,6 +60,11 @@ class NodeEngine:
         self.stalls = 0
         self.acks_skipped = 0
         """Other backups' confirmations dropped unread: nothing here needed them."""
+        self.member_fed = True
+        self.gateway_fed = True
+        """Whether the replica, and the gateway, were handed anything (an input, a timer, a
+        host action) since their last flush: a flush of either with nothing new and no later
+        time is idempotent, so ``datagrams_to_send`` skips it (see there)."""
 
     # -- input ---------------------------------------------------------------------------
 
@@ -109,6 +114,7 @@ class NodeEngine:
             self.body_rejects += 1
             return True
         self.fd.heard_from(d.header.src_node, now)
+        self.member_fed = self.gateway_fed = True
         commit, events = self.member.commit, len(self.events)
         self.member.on_datagram(d, body, now)
         self.gateway.on_datagram(d, body, now)
@@ -147,6 +153,7 @@ class NodeEngine:
         return self.member.role is Role.BACKUP and self.gateway.idle
 
     def handle_timer(self, now: float) -> None:
+        self.member_fed = self.gateway_fed = True  # what is due by time is flushed now
         self._check_stall(now)
         if now >= self.next_heartbeat:
             self.member.heartbeat(now)
@@ -159,12 +166,14 @@ class NodeEngine:
 
     def wire_observed(self, node: int, state: WireState, now: float) -> None:
         """Heartbeat-wire evidence from the hardware layer."""
+        self.member_fed = self.gateway_fed = True
         self.fd.wire_observed(node, state, now)
 
     # -- host actions --------------------------------------------------------------------
 
     def submit(self, payload: bytes) -> int:
         """A client request through this node's gateway; returns its sequence number."""
+        self.gateway_fed = True
         return self.gateway.submit(payload)
 
     def send(self, dst_group: int, conn_id: int, payload: bytes, after: int | None = None) -> int:
@@ -172,14 +181,17 @@ class NodeEngine:
 
         ``after``: the index of the delivered input that produced it (output commit).
         """
+        self.member_fed = True
         return self.member.send(dst_group, conn_id, payload, after)
 
     def leave(self, reason: str, now: float) -> None:
         """Drop this replica's state and rejoin by state transfer (after a divergence)."""
+        self.member_fed = self.gateway_fed = True
         self.member.leave(reason, now)
 
     def annex(self, index: int, blob: bytes) -> None:
         """Primary: attach what backups need to reproduce input ``index`` (see Delivered)."""
+        self.member_fed = True
         self.member.annex(index, blob)
 
     def step_down(self, now: float) -> int:
@@ -188,12 +200,14 @@ class NodeEngine:
         Raises ``StepDownRefused`` (a ValueError) when this node is not the primary, is alone
         in its group, or is already handing over. ``HandoverFinished`` reports the outcome.
         """
+        self.member_fed = self.gateway_fed = True
         return self.member.step_down(now).node
 
     def fence_result(self, node: int, ok: bool, now: float) -> None:
         """The outcome of a ``FenceRequested``: acted on at once (the fenced backup removed, or
         the candidacy's proposal sent), not at the next tick half a heartbeat later, since
         output waits on it."""
+        self.member_fed = self.gateway_fed = True
         self.member.fence_result(node, ok, now)
         self.member.tick(now)
 
@@ -202,6 +216,7 @@ class NodeEngine:
         application state (None once that admission is over). The offer's SHA-256 covers
         this head, then the state: a host that hashes its state as it builds it passes the
         digest to :meth:`provide_snapshot` and keeps that work off its event loop."""
+        self.member_fed = self.gateway_fed = True
         return self.member.snapshot_head(snapshot_id, app_size)
 
     def provide_snapshot(
@@ -214,6 +229,7 @@ class NodeEngine:
         """Primary: the application state a ``SnapshotRequested`` asked for, whole or in parts
         (served in the same order, never joined here). ``digest``: SHA-256 of
         ``snapshot_head`` followed by the state, if the host computed it; else computed here."""
+        self.member_fed = self.gateway_fed = True
         self.member.provide_snapshot(snapshot_id, app_state, now, digest)
 
     def install_state(
@@ -231,44 +247,66 @@ class NodeEngine:
         snapshot's size and digest, or the offer is no longer current. ``digest``: the SHA-256
         of the parts, if the host computed it as they arrived; else computed here.
         """
+        self.member_fed = self.gateway_fed = True
         return self.member.install_state(snapshot_id, blob, now, digest)
 
     def restored(self, now: float) -> None:
         """Joiner (``cfg.host_confirms_restore``): the host has loaded the snapshot of the last
         ``SnapshotInstalled`` and applied every input delivered since; the primary may now
         count on this node and admit it."""
+        self.member_fed = self.gateway_fed = True
         self.member.restored(now)
 
     def state_fetch_failed(self, snapshot_id: int, reason: str, now: float) -> None:
         """Joiner: fetching an offered snapshot failed; it is retried on the next offer."""
+        self.member_fed = self.gateway_fed = True
         self.member.state_fetch_failed(snapshot_id, reason, now)
 
     # -- output --------------------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Flush the replica and the gateway, in rounds while they hand each other messages.
+
+        Only a side that was handed something since its last flush is flushed: what falls due
+        by time alone is flushed from ``handle_timer``, whose deadline (``get_timer``) covers
+        it, so a flush after, say, a released reply was written to its client (an event that
+        fed neither) is skipped instead of scanning every connection to find nothing.
+        """
         sent: list[bytes] = []
+        member, gateway = self.member_fed, self.gateway_fed
+        self.member_fed = self.gateway_fed = False
         for _ in range(8):
-            self.member.flush(now)
-            self.out.requests_in_order = self.member.carries_own_requests
-            self.gateway.flush(now)
+            if member:
+                self.member.flush(now)
+                self.out.requests_in_order = self.member.carries_own_requests
+            if gateway:
+                self.gateway.flush(now)
             sent.extend(self.out.take())
             if not self.out.local:
                 # Flushing is idempotent: only what our own node hands itself in-process can
                 # make more due (a round after one without was checked in the simulator never
                 # to produce anything), so another round would only cost a second scan.
                 break
-            self._loop_back(now)  # what went to our own node, sent or not (see Outbox.emit)
+            # What went to our own node, sent or not (see Outbox.emit); by the same token, of
+            # the next round only the side that got some of it has anything to flush.
+            member, gateway = self._loop_back(now)
         return sent
 
-    def _loop_back(self, now: float) -> None:
-        """Our own gateway talks to our own replica too: multicast loopback, done in-process."""
+    def _loop_back(self, now: float) -> tuple[bool, bool]:
+        """Our own gateway talks to our own replica too: multicast loopback, done in-process.
+
+        Returns whether the replica, and whether the gateway, got anything."""
         local, self.out.local = self.out.local, []
+        member = gateway = False
         for d, body in local:
             h = d.header
             if h.dst_group == self.cfg.service_group and h.src_group != h.dst_group:
                 self.member.on_datagram(d, body, now)
+                member = True
             else:
                 self.gateway.on_datagram(d, body, now)
+                gateway = True
+        return member, gateway
 
     def get_timer(self) -> float:
         t = min(self.next_heartbeat, self.next_tick)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +21,8 @@ from appliance.protocols.events import (
     Stalled,
 )
 from appliance.protocols.messages import Role
+from appliance.protocols.wire.datagram import decode
+from appliance.protocols.wire.header import MessageType
 
 KEY = b"k" * 32
 
@@ -250,3 +253,31 @@ def test_a_backup_with_no_reply_awaited_drops_other_backups_confirmations_unread
     ]
     assert a.receive_datagram(last[0], now) is True
     assert a.member.commit > commit
+
+
+def test_a_flush_is_skipped_for_a_side_handed_nothing_since_its_last() -> None:
+    """Flushing is idempotent at one instant: after a reply reached the host (an event that
+    fed neither the replica nor the gateway), another flush scans nothing, and what falls due
+    by time alone (a retransmission) still leaves, from the timer."""
+    a, b = NodeEngine(config(), 1, 1, 0.0), NodeEngine(config(), 2, 1, 0.0)
+    pump([a, b], 0.0, 1.5)
+    assert a.role is Role.PRIMARY
+    calls: list[str] = []
+    for side, engine in (("member", b.member), ("gateway", b.gateway)):
+        real = engine.flush
+
+        def counted(now: float, real: Any = real, side: str = side) -> None:
+            calls.append(side)
+            real(now)
+
+        engine.flush = counted  # type: ignore[method-assign]
+    b.submit(b"request")
+    sent = b.datagrams_to_send(1.6)
+    assert sent and calls[0] == "gateway"  # only the gateway was handed something
+    calls.clear()
+    assert b.datagrams_to_send(1.6) == [] and calls == []  # nothing handed over since
+    later = 2.6  # the request unacknowledged (a never heard it): its RTO has run out
+    b.handle_timer(later)
+    again = b.datagrams_to_send(later)
+    assert calls[:2] == ["member", "gateway"]
+    assert any(decode(d, KEY, 7).header.msg_type is MessageType.DATA for d in again)
