@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from appliance.hw.power import PowerDevice
 from appliance.node import event_loop, snapshot_child
@@ -87,11 +88,11 @@ log = logging.getLogger("appliance.agent")
 DEFAULT_STATE_DIR = Path("/var/lib/appliance")
 MAX_INCARNATION = 0xFFFFFFFF
 CLOSE_GRACE = 10.0
+"""After QUIT or a protocol error, how long a connection waits for its earlier replies."""
 PIPELINE_SLICE = 32
 """Commands of one client's pipeline submitted before the loop gets a turn. A pipeline of
 thousands arrives in one read; handled in one go it held the loop (and with it the heartbeat
 wire and the heartbeats) long enough for the peers to see this node as failed and fence it."""
-"""After QUIT or a protocol error, how long a connection waits for its earlier replies."""
 
 
 # -- the incarnation counter ---------------------------------------------------------------
@@ -169,12 +170,11 @@ class _Slot:
 class _Client:
     """One client connection: its replies, in the order it sent its commands."""
 
-    writer: asyncio.StreamWriter
+    transport: asyncio.Transport
     session: ClientSession
     slots: deque[_Slot] = field(default_factory=deque)
     closing: bool = False
     closed: bool = False
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     def expect(self) -> _Slot:
         slot = _Slot()
@@ -191,9 +191,9 @@ class _Client:
             reply = self.slots.popleft().reply
             assert reply is not None
             if not self.closed:
-                self.writer.write(reply)
-        if not self.slots:
-            self.drained.set()
+                self.transport.write(reply)
+        if self.closing and not self.slots and not self.closed:
+            self.transport.close()  # after QUIT or a protocol error, once every reply is out
 
 
 def _is_debug_digest(argv: list[bytes]) -> bool:
@@ -283,7 +283,7 @@ class Agent:
         self.hw = NodeHardware(cfg, me, engine, driver.poke, driver.healthy)
         self.snapshots = SnapshotChannel.for_node(cfg, me, engine, self.key, driver.poke)
         try:
-            server = await asyncio.start_server(self._serve, me.address, me.client_port)
+            server = await self.loop.create_server(self._connection, me.address, me.client_port)
             await self.snapshots.start(me.address, me.state_port)
         except OSError:
             endpoint.close()
@@ -330,7 +330,7 @@ class Agent:
             server.close()
             for c in list(self.clients):
                 c.closed = True
-                c.writer.close()
+                c.transport.close()
             for t in list(self.tasks):
                 t.cancel()
             await self.control.close()
@@ -581,70 +581,148 @@ class Agent:
         slot.reply = client.session.shape(payload)
         client.flush()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connection(self) -> _Connection:
+        return _Connection(self)
+
+    def _accept(self, transport: asyncio.Transport) -> _Client | None:
+        """A new client connection, or None (told why and closed) when there are too many."""
         if len(self.clients) >= self.cfg.clients.max_clients:
-            writer.write(b"-ERR max number of clients reached\r\n")
-            with contextlib.suppress(OSError):
-                await writer.drain()
-            writer.close()
-            return
+            transport.write(b"-ERR max number of clients reached\r\n")
+            transport.close()
+            return None
         self.client_ids += 1
-        client = _Client(writer, ClientSession(self.client_ids, self.cfg.clients.requirepass))
+        client = _Client(transport, ClientSession(self.client_ids, self.cfg.clients.requirepass))
         self.clients.add(client)
-        parser = RequestParser(max_request=self.cfg.clients.max_request_bytes)
-        too_large = f"-ERR request too large (max {self.max_payload} bytes)\r\n".encode()
+        return client
+
+    def _handle(self, client: _Client, argv: list[bytes]) -> bool:
+        """One command of a client: answered here, or submitted (True) to be ordered."""
+        if argv[0].upper() == b"QUIT":
+            client.local(b"+OK\r\n")
+            client.closing = True
+            return False
+        answer = client.session.answer(argv)
+        if answer is not None:
+            client.local(answer)
+            return False
+        if _is_debug_digest(argv):
+            client.local(encode(self.replicator.digest().hex().encode()))
+            return False
+        payload = encode(list[RespValue](argv))
+        if len(payload) > self.max_payload:
+            client.local(f"-ERR request too large (max {self.max_payload} bytes)\r\n".encode())
+            return False
+        seq = self.engine.submit(payload)
+        slot = client.expect()
+        slot.local_info = argv[0].upper() == b"INFO" and wants_replication(argv)
+        self.pending[seq] = (client, slot)
+        return True
+
+    def _forget(self, client: _Client) -> None:
+        """The connection is gone: its awaited replies have nobody to go to."""
+        client.closed = True
+        self.clients.discard(client)
+        for seq in [s for s, (c, _) in self.pending.items() if c is client]:
+            del self.pending[seq]
+
+
+class _Connection(asyncio.Protocol):
+    """One client's TCP connection: its commands parsed and submitted as its bytes arrive.
+
+    A protocol, not a stream reader in a task: a request is submitted from the callback that
+    read it, instead of waking a coroutine on a later turn of the loop (on the critical path
+    of every write). What a coroutine got from ``await`` it gets from the loop here: a long
+    pipeline is handled ``PIPELINE_SLICE`` commands per turn, reading pauses while the
+    client's replies back up in the kernel (``pause_writing``), and a connection closing
+    after QUIT or a protocol error waits up to ``CLOSE_GRACE`` for its earlier replies.
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.parser = RequestParser(max_request=agent.cfg.clients.max_request_bytes)
+        self.client: _Client | None = None
+        self.transport: asyncio.Transport | None = None
+        self.paused: set[str] = set()
+        """Why reading is paused: "slice" (a pipeline's rest is due next turn), "writes"
+        (the replies back up), "closing"."""
+        self.grace: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.client = self.agent._accept(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None or client.closing:
+            return
+        self.parser.feed(data)
+        if "slice" not in self.paused:
+            self._run()
+
+    def _run(self) -> None:
+        client = self.client
+        if client is None or client.closed:
+            return
+        agent = self.agent
+        submitted = 0
         try:
-            while not client.closing:
-                data = await reader.read(1 << 16)
-                if not data:
-                    break
-                parser.feed(data)
-                submitted = 0
-                try:
-                    while (argv := parser.next_command()) is not None:
-                        if argv[0].upper() == b"QUIT":
-                            client.local(b"+OK\r\n")
-                            client.closing = True
-                            break
-                        answer = client.session.answer(argv)
-                        if answer is not None:
-                            client.local(answer)
-                            continue
-                        if _is_debug_digest(argv):
-                            client.local(encode(self.replicator.digest().hex().encode()))
-                            continue
-                        payload = encode(list[RespValue](argv))
-                        if len(payload) > self.max_payload:
-                            client.local(too_large)
-                            continue
-                        seq = self.engine.submit(payload)
-                        submitted += 1
-                        slot = client.expect()
-                        slot.local_info = argv[0].upper() == b"INFO" and wants_replication(argv)
-                        self.pending[seq] = (client, slot)
-                        if submitted % PIPELINE_SLICE == 0:
-                            self.driver.poke()
-                            await asyncio.sleep(0)  # timers, heartbeats, other clients
-                except ProtocolError as err:
-                    client.local(protocol_error_reply(err))
-                    client.closing = True
-                if submitted:
-                    self.driver.poke()
-                await writer.drain()
-            if client.closing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(client.drained.wait(), CLOSE_GRACE)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            client.closed = True
-            self.clients.discard(client)
-            for seq in [s for s, (c, _) in self.pending.items() if c is client]:
-                del self.pending[seq]
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            while not client.closing and (argv := self.parser.next_command()) is not None:
+                if agent._handle(client, argv):
+                    submitted += 1
+                    if submitted == PIPELINE_SLICE:  # timers, heartbeats, other clients
+                        agent.driver.poke()
+                        self._pause("slice")
+                        agent.loop.call_soon(self._next_slice)
+                        return
+        except ProtocolError as err:
+            self._fail(client, err)
+        if submitted:
+            agent.driver.poke()
+        if client.closing:
+            self._closing(client)
+
+    def _next_slice(self) -> None:
+        self._resume("slice")
+        self._run()
+
+    def _fail(self, client: _Client, err: ProtocolError) -> None:
+        client.local(protocol_error_reply(err))
+        client.closing = True
+        self._closing(client)
+
+    def _closing(self, client: _Client) -> None:
+        """After QUIT or a protocol error: read no more; close once the replies are out
+        (``_Client.flush``), or after the grace."""
+        self._pause("closing")
+        if not client.slots:
+            client.transport.close()
+        elif self.grace is None:
+            self.grace = self.agent.loop.call_later(CLOSE_GRACE, client.transport.close)
+
+    def _pause(self, why: str) -> None:
+        if not self.paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.paused.add(why)
+
+    def _resume(self, why: str) -> None:
+        self.paused.discard(why)
+        if not self.paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._pause("writes")
+
+    def resume_writing(self) -> None:
+        self._resume("writes")
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close (its awaited replies are dropped)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.grace is not None:
+            self.grace.cancel()
+        if self.client is not None:
+            self.agent._forget(self.client)
 
 
 # -- the command line ----------------------------------------------------------------------

@@ -354,6 +354,25 @@ def test_three_agents_serve_and_survive_primary_crash(
             b"+PONG\r\n-ERR Protocol error"
         )
         assert raw_exchange(port, b"PING\r\nQUIT\r\n") == b"+PONG\r\n+OK\r\n"
+        # QUIT behind a write still being replicated: the write's reply first, then QUIT's.
+        assert raw_exchange(port, b"SET quitting 1\r\nQUIT\r\n") == b"+OK\r\n+OK\r\n"
+        acked["quitting"] = b"1"
+        # One connection beyond max_clients (16) is told so and closed; the others serve.
+        held: list[socket.socket] = []
+        try:
+            refused = b""
+            for _ in range(17):
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                held.append(s)
+                s.sendall(b"PING\r\n")
+                if (answer := s.recv(100)) != b"+PONG\r\n":
+                    refused = answer
+                    break
+            assert refused == b"-ERR max number of clients reached\r\n"
+            assert held[0].sendall(b"PING\r\n") is None and held[0].recv(100) == b"+PONG\r\n"
+        finally:
+            for s in held:
+                s.close()
         with pytest.raises(redis.ResponseError, match="request too large"):
             nodes[0].client().set("big", b"x" * 5000)
         assert nodes[0].client().ping() is True
