@@ -9,16 +9,18 @@ and so does the first success after a run of failed writes (refused connections,
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
 from benchmarks.client import VALUE, connect
 
-__all__ = ["Op", "Writer", "gap_after", "run_trial"]
+__all__ = ["Op", "Writer", "WriterProcess", "gap_after", "run_trial", "write_until"]
 
 STABLE = 0.3
 """Seconds of acknowledged writes, with no failure, that count as recovered."""
@@ -31,9 +33,42 @@ class Op:
     ok: bool
 
 
+def write_until(
+    target: Callable[[], tuple[str, int] | None],
+    pace: float,
+    timeout: float,
+    halted: Callable[[], bool],
+    record: Callable[[Op], None],
+) -> None:
+    """``SET`` after ``SET`` through ``target()`` (asked again after every failure), each one
+    recorded, until ``halted()``."""
+    r: redis.Redis | None = None
+    i = 0
+    while not halted():
+        i += 1
+        t0 = time.time()
+        try:
+            if r is None:
+                addr = target()
+                if addr is None:
+                    raise ConnectionError("no target")
+                r = connect(*addr, timeout=timeout)
+            r.set(f"failover:{i}", VALUE)
+        except (redis.RedisError, OSError):
+            record(Op(t0, time.time(), False))
+            if r is not None:
+                r.close()
+            r = None
+            time.sleep(0.001)
+            continue
+        record(Op(t0, time.time(), True))
+        if pace:
+            time.sleep(pace)
+
+
 @dataclass(eq=False)
 class Writer(threading.Thread):
-    """``SET`` after ``SET`` through ``target()`` (asked again after every failure)."""
+    """:func:`write_until` in a thread, its writes readable while it runs (``recovered``)."""
 
     target: Callable[[], tuple[str, int] | None]
     pace: float = 0.0
@@ -47,28 +82,7 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
 
     def run(self) -> None:
-        r: redis.Redis | None = None
-        i = 0
-        while not self.halt.is_set():
-            i += 1
-            t0 = time.time()
-            try:
-                if r is None:
-                    addr = self.target()
-                    if addr is None:
-                        raise ConnectionError("no target")
-                    r = connect(*addr, timeout=self.timeout)
-                r.set(f"failover:{i}", VALUE)
-            except (redis.RedisError, OSError):
-                self.ops.append(Op(t0, time.time(), False))
-                if r is not None:
-                    r.close()
-                r = None
-                time.sleep(0.001)
-                continue
-            self.ops.append(Op(t0, time.time(), True))
-            if self.pace:
-                time.sleep(self.pace)
+        write_until(self.target, self.pace, self.timeout, self.halt.is_set, self.ops.append)
 
     def recovered(self, since: float) -> bool:
         """Writes acknowledged for :data:`STABLE` s after the kill and after the last failure."""
@@ -81,6 +95,55 @@ class Writer(threading.Thread):
     def stop(self) -> None:
         self.halt.set()
         self.join(10)
+
+
+class WriterProcess:
+    """:func:`write_until` in a process of its own; its writes are read once it stops.
+
+    For latencies measured while the benchmark itself is busy (reading logs and polling the
+    lab during a join): in a thread of the benchmark's process the writer waited for that
+    work to let go of the interpreter lock, up to its 5 ms switch interval, and the wait
+    counted as the cluster's latency.
+    """
+
+    def __init__(
+        self, target: Callable[[], tuple[str, int] | None], pace: float = 0.0, timeout: float = 2.0
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self._halt = ctx.Event()
+        self._results, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=_write_in_process, args=(target, pace, timeout, self._halt, send), daemon=True
+        )
+        self.ops: list[Op] = []
+
+    def start(self) -> None:
+        """Once the process runs and is about to write."""
+        self._proc.start()
+        if not self._results.poll(60) or self._results.recv() != "writing":
+            raise RuntimeError("the writer process did not start")
+
+    def stop(self) -> None:
+        self._halt.set()
+        if not self._results.poll(30):
+            self._proc.kill()
+            raise RuntimeError("the writer process did not report its writes")
+        self.ops = [Op(*o) for o in self._results.recv()]
+        self._proc.join(10)
+
+
+def _write_in_process(
+    target: Callable[[], tuple[str, int] | None],
+    pace: float,
+    timeout: float,
+    halt: Any,
+    send: Any,
+) -> None:
+    ops: list[Op] = []
+    send.send("writing")
+    write_until(target, pace, timeout, halt.is_set, ops.append)
+    send.send([(o.start, o.end, o.ok) for o in ops])
+    send.close()
 
 
 def gap_after(ops: list[Op], kill: float) -> tuple[float, int]:

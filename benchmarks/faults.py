@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.client import VALUE, connect
-from benchmarks.failover import Op, Writer
+from benchmarks.failover import Op, WriterProcess
 from benchmarks.join_cpu import write_snapshot
 from benchmarks.lab import Lab
 from benchmarks.stats import percentile
@@ -48,16 +48,16 @@ def _log_time(path: Path, pattern: str, after: float) -> float:
     """Wall-clock time of the first log line after ``after`` matching ``pattern``."""
     rx = re.compile(pattern)
     for line in path.read_text(errors="replace").splitlines():
-        m = _LOG_TIME.match(line)
-        if m is None:
+        if not rx.search(line) or (m := _LOG_TIME.match(line)) is None:
             continue
         t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        if t >= after and rx.search(line):
+        if t >= after:
             return t
     raise LookupError(f"no line matching {pattern!r} in {path} after the pull")
 
 
 _RESTORED = r"restored the snapshot of index"
+_ACCEPTED = r"role BACKUP: accepted into view"
 
 
 def _wait_logged(path: Path, pattern: str, after: float, timeout: float) -> None:
@@ -130,12 +130,14 @@ def run(
             victim = backups[i % len(backups)]
             say(f"faults trial {i + 1}/{trials}: pull {victim}'s plug (a backup)")
             port = lab.port(primary)
-            w = Writer(functools.partial(_addr, port))
+            w = WriterProcess(functools.partial(_addr, port))
             w.start()
             try:
                 time.sleep(baseline)
                 t_pull = lab.pull_power(victim)
-                lab.wait_formed(120)
+                # From its log, not by asking every node's INFO (the lab's status) while the
+                # join runs: those requests would be part of what the writes wait behind.
+                _wait_logged(lab.log(victim), _ACCEPTED, t_pull, 120.0)
                 _wait_logged(lab.log(victim), _RESTORED, t_pull, 60.0)
                 time.sleep(0.3)
             finally:
@@ -147,7 +149,7 @@ def run(
             # Accepted into the view while it may still be loading the snapshot (in steps):
             # the join lasts until both are done.
             t_joined = max(
-                _log_time(log, r"role BACKUP: accepted into view", t_boot),
+                _log_time(log, _ACCEPTED, t_boot),
                 _log_time(log, _RESTORED, t_boot),
             )
             stalls.append(_longest_gap(w.ops, t_pull, t_boot))
@@ -192,7 +194,7 @@ def _join_cpu_control(
         for i in range(trials):
             say(f"faults: join CPU control {i + 1}/{trials}")
             port = lab.port(lab.wait_formed(120))
-            w = Writer(functools.partial(_addr, port))
+            w = WriterProcess(functools.partial(_addr, port))
             w.start()
             try:
                 time.sleep(baseline)
