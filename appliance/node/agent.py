@@ -683,7 +683,12 @@ class _Connection(asyncio.Protocol):
 
     def _next_slice(self) -> None:
         self._resume("slice")
-        self._run()
+        try:
+            self._run()
+        except Exception:  # from the loop, not a read: nobody else would close it
+            log.exception("client connection failed; closed")
+            if self.transport is not None:
+                self.transport.abort()
 
     def _fail(self, client: _Client, err: ProtocolError) -> None:
         client.local(protocol_error_reply(err))
@@ -697,7 +702,8 @@ class _Connection(asyncio.Protocol):
         if not client.slots:
             client.transport.close()
         elif self.grace is None:
-            self.grace = self.agent.loop.call_later(CLOSE_GRACE, client.transport.close)
+            # Then aborted, not closed: close would wait for a client that stopped reading.
+            self.grace = self.agent.loop.call_later(CLOSE_GRACE, client.transport.abort)
 
     def _pause(self, why: str) -> None:
         if not self.paused and self.transport is not None and not self.transport.is_closing():

@@ -290,6 +290,9 @@ class NodeEngine:
             # What went to our own node, sent or not (see Outbox.emit); by the same token, of
             # the next round only the side that got some of it has anything to flush.
             member, gateway = self._loop_back(now)
+        else:  # rounds used up: what the last loop-back handed over is flushed next call
+            self.member_fed |= member
+            self.gateway_fed |= gateway
         return sent
 
     def _loop_back(self, now: float) -> tuple[bool, bool]:
