@@ -12,8 +12,8 @@ the whole store (TCP, from the primary) while the client keeps writing.
   its log lines ``accepted into view`` and ``restored the snapshot``, whichever is later: it
   is admitted while it may still be loading the snapshot), against the p99 before the pull;
 * **join CPU control**: the same, while a process outside the cluster spends the CPU a join
-  spends (:mod:`benchmarks.join_cpu`: the joiner's start-up and restore, the primary's
-  encoding child), against the p99 before it starts. Every lab node shares this machine's
+  spends (:mod:`benchmarks.join_cpu`: :data:`CONTROL_WORK`), against the p99 before it
+  starts. Every lab node shares this machine's
   cores; the control tells how much of the join's figure that sharing alone accounts for.
 """
 
@@ -55,6 +55,12 @@ def _log_time(path: Path, pattern: str, after: float) -> float:
             return t
     raise LookupError(f"no line matching {pattern!r} in {path} after the pull")
 
+
+CONTROL_WORK = (
+    "the joiner's start-up, its fetch of the snapshot over TCP (hashed as it arrives) and its "
+    "restore, the primary's encoding child"
+)
+"""What the join CPU control spends (results before 2026-12-04 spent no transfer)."""
 
 _RESTORED = r"restored the snapshot of index"
 _ACCEPTED = r"role BACKUP: accepted into view"
@@ -221,6 +227,7 @@ def _join_cpu_control(
     base_p99 = percentile(normal, 99) * 1000
     p99 = percentile(during, 99) * 1000 if during else float("nan")
     return {
+        "work": CONTROL_WORK,
         "seconds": [round(t, 3) for t in seconds],
         "writes": len(during),
         "normal_p99_ms": round(base_p99, 3),

@@ -127,8 +127,9 @@ def render(r: dict[str, Any], source: str) -> str:
         ]
         if (c := f.get("join_cpu_control")) is not None:
             lines[-1] += (
-                f" Control: a process outside the cluster spending a join's CPU (the joiner's"
-                f" start-up and restore, the primary's encoding child; `benchmarks/join_cpu.py`)"
+                " Control: a process outside the cluster spending a join's CPU ("
+                + c.get("work", "the joiner's start-up and restore, the primary's encoding child")
+                + "; `benchmarks/join_cpu.py`)"
                 f" for {c['seconds']} s: client p99 {c['p99_ms']:.1f} ms against"
                 f" {c['normal_p99_ms']:.1f} ms before ({c['p99_ratio']:.2f}x, {c['writes']}"
                 " writes)."
