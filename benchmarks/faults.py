@@ -13,8 +13,8 @@ the whole store (TCP, from the primary) while the client keeps writing.
   is admitted while it may still be loading the snapshot), against the p99 before the pull;
 * **join CPU control**: the same, while a process outside the cluster spends the CPU a join
   spends (:mod:`benchmarks.join_cpu`: :data:`CONTROL_WORK`), against the p99 before it
-  starts. Every lab node shares this machine's
-  cores; the control tells how much of the join's figure that sharing alone accounts for.
+  starts. Every lab node shares this machine's cores; the control tells how much of the
+  join's figure that sharing alone accounts for.
 """
 
 from __future__ import annotations

@@ -38,9 +38,10 @@ def write_snapshot(path: Path, keys: int, value: bytes) -> None:
     path.write_bytes(store.snapshot())
 
 
-def _transfer(blob: bytes) -> bytes:
+def _transfer(blob: bytes, digest: bytes) -> bytes:
     """The snapshot over TCP on loopback, as a joiner fetches it: a forked sender writes it in
-    the primary's chunks, this process reads it in the joiner's and hashes it as it arrives."""
+    the primary's chunks, this process reads it in the joiner's and hashes it as it arrives,
+    then checks it against ``digest`` (as a joiner does against the offer's)."""
     from appliance.node.state_transfer import CHUNK
 
     with socket.create_server(("127.0.0.1", 0)) as server:
@@ -64,7 +65,7 @@ def _transfer(blob: bytes) -> bytes:
                 parts.append(chunk)
         _, status = os.waitpid(pid, 0)
     got = b"".join(parts)
-    if os.waitstatus_to_exitcode(status) != 0 or h.digest() != hashlib.sha256(blob).digest():
+    if os.waitstatus_to_exitcode(status) != 0 or h.digest() != digest:
         raise RuntimeError("the snapshot's transfer failed")
     return got
 
@@ -79,8 +80,9 @@ def main(argv: list[str]) -> int:
     from appliance.service.kv import KVStore
 
     blob = Path(argv[0]).read_bytes()
+    digest = hashlib.sha256(blob).digest()  # the offer's, computed by the primary's child
     started = time.time()
-    blob = _transfer(blob)
+    blob = _transfer(blob, digest)
     store = KVStore.restore(blob, DeterminismProxy())
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child

@@ -699,9 +699,8 @@ class _Connection(asyncio.Protocol):
         """After QUIT or a protocol error: read no more; close once the replies are out
         (``_Client.flush``), or after the grace."""
         self._pause("closing")
-        if not client.slots:
-            client.transport.close()
-        elif self.grace is None:
+        client.flush()  # closes at once when no reply is awaited
+        if client.slots and self.grace is None:
             # Then aborted, not closed: close would wait for a client that stopped reading.
             self.grace = self.agent.loop.call_later(CLOSE_GRACE, client.transport.abort)
 
