@@ -25,6 +25,14 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _cpu_per_write(s: dict[str, Any]) -> list[str]:
+    """The scaling row's CPU columns ("n/a" in a run from before they were recorded)."""
+    return [
+        f"{s[k]:.3f}" if k in s else "n/a"
+        for k in ("primary_cpu_ms_per_write", "backup_cpu_ms_per_write")
+    ]
+
+
 def render(r: dict[str, Any], source: str) -> str:
     m = r["machine"]
     v = m["versions"]
@@ -106,8 +114,11 @@ def render(r: dict[str, Any], source: str) -> str:
         ]
     lines += ["", "**Scaling** (appliance, semi-active)", ""]
     lines += _table(
-        ["replicas", "p50 ms", "p99 ms"],
-        [[n, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}"] for n, s in r["scaling"].items()],
+        ["replicas", "p50 ms", "p99 ms", "primary CPU ms / write", "backup CPU ms / write"],
+        [
+            [n, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}", *_cpu_per_write(s)]
+            for n, s in r["scaling"].items()
+        ],
     )
     f = r["faults"]
     if "faults_source" in r:

@@ -49,7 +49,7 @@ from benchmarks.peers import (
     RedisServer,
     SentinelGroup,
 )
-from benchmarks.resources import measure
+from benchmarks.resources import cpu_seconds, measure
 from benchmarks.stats import summary
 
 __all__ = ["Mode", "main"]
@@ -384,17 +384,57 @@ def _pool_load(runs: list[dict[str, float]]) -> dict[str, Any]:
     }
 
 
+_IDLE_SAMPLE_S = 1.5
+"""Seconds an idle lab's CPU is sampled for before its writes (/proc counts in 10 ms ticks:
+an agent idling at 6% of a core is known to within about 1%)."""
+
+
+def _cpu_rates(pids: list[int], seconds: float) -> dict[int, float]:
+    """CPU seconds per second each process spends over the next ``seconds``."""
+    before = {p: cpu_seconds(p) for p in pids}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {p: (cpu_seconds(p) - before[p]) / elapsed for p in pids}
+
+
 def scaling(workdir: Path, mode: Mode) -> dict[str, Any]:
+    """Sequential writes to labs of each size, and the CPU each write cost the primary and,
+    on average, each backup (user + system, each agent's idle rate, measured just before,
+    subtracted). On separate boards an added replica costs the critical path what it adds to
+    the primary's CPU; here it is also one more process on the same cores."""
     lat: dict[int, list[float]] = {}
+    cpu: dict[int, list[tuple[float, float]]] = {}
     for r in range(mode.rounds):
         for n in [mode.scaling[(i + r) % len(mode.scaling)] for i in range(len(mode.scaling))]:
             _say(f"scaling round {r + 1}/{mode.rounds}: {n} replicas")
-            with lab_target(workdir, n, "semi-active") as (_, t):
+            with lab_target(workdir, n, "semi-active") as (lab, t):
+                primary = lab.pid(lab.wait_formed())
                 c = connect("127.0.0.1", t.port)
                 sequential_writes(c, 20, f"warm{r}")
-                lat.setdefault(n, []).extend(sequential_writes(c, mode.writes_per_round, f"s{r}"))
+                idle = _cpu_rates(t.pids, _IDLE_SAMPLE_S)
+                before = {p: cpu_seconds(p) for p in t.pids}
+                t0 = time.monotonic()
+                writes = sequential_writes(c, mode.writes_per_round, f"s{r}")
+                elapsed = time.monotonic() - t0
+                spent = {
+                    p: (cpu_seconds(p) - before[p] - idle[p] * elapsed) * 1000 / len(writes)
+                    for p in t.pids
+                }
                 c.close()
-    return {str(n): summary(s) for n, s in sorted(lat.items())}
+                backups = [v for p, v in spent.items() if p != primary]
+                cpu.setdefault(n, []).append(
+                    (spent[primary], statistics.fmean(backups) if backups else 0.0)
+                )
+                lat.setdefault(n, []).extend(writes)
+    return {
+        str(n): {
+            **summary(s),
+            "primary_cpu_ms_per_write": round(statistics.median(c[0] for c in cpu[n]), 3),
+            "backup_cpu_ms_per_write": round(statistics.median(c[1] for c in cpu[n]), 3),
+        }
+        for n, s in sorted(lat.items())
+    }
 
 
 def failovers(

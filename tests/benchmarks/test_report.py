@@ -61,3 +61,12 @@ def test_the_join_cpu_control_is_reported_beside_the_join_when_measured() -> Non
     }
     text = report.render(r, "x")
     assert "client p99 5.0 ms against 2.0 ms before (2.50x, 120 writes)" in text
+
+
+def test_the_scaling_table_shows_cpu_per_write_where_the_run_recorded_it() -> None:
+    r = _results()
+    old = report.render(r, "x")
+    assert "| n/a | n/a |" in old  # a run from before the CPU was recorded
+    r["scaling"]["3"] |= {"primary_cpu_ms_per_write": 0.5412, "backup_cpu_ms_per_write": 0.2}
+    row = next(line for line in report.render(r, "x").splitlines() if line.startswith("| 3 |"))
+    assert row.endswith("| 0.541 | 0.200 |")
