@@ -114,7 +114,7 @@ def render(r: dict[str, Any], source: str) -> str:
         ]
     lines += ["", "**Scaling** (appliance, semi-active)", ""]
     lines += _table(
-        ["replicas", "p50 ms", "p99 ms", "primary CPU ms / write", "backup CPU ms / write"],
+        ["replicas", "p50 ms", "p99 ms", "primary CPU ms / write", "CPU ms / write per backup"],
         [
             [n, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}", *_cpu_per_write(s)]
             for n, s in r["scaling"].items()

@@ -386,7 +386,7 @@ def _pool_load(runs: list[dict[str, float]]) -> dict[str, Any]:
 
 _IDLE_SAMPLE_S = 1.5
 """Seconds an idle lab's CPU is sampled for before its writes (/proc counts in 10 ms ticks:
-an agent idling at 6% of a core is known to within about 1%)."""
+one tick over 1.5 s is about 0.7% of a core, against an agent's idle 5-9%)."""
 
 
 def _cpu_rates(pids: list[int], seconds: float) -> dict[int, float]:
@@ -398,43 +398,54 @@ def _cpu_rates(pids: list[int], seconds: float) -> dict[int, float]:
     return {p: (cpu_seconds(p) - before[p]) / elapsed for p in pids}
 
 
+def _primary_pid(lab: Lab, t: Target) -> int:
+    """The pid of the agent ``t`` writes to (the lab's primary, which serves ``t.port``)."""
+    name = lab.wait_formed()
+    pid = lab.pid(name)
+    if lab.port(name) != t.port or pid not in t.pids:
+        raise RuntimeError(f"the primary of {lab.dir} moved from the agent the writes go to")
+    return pid
+
+
 def scaling(workdir: Path, mode: Mode) -> dict[str, Any]:
     """Sequential writes to labs of each size, and the CPU each write cost the primary and,
     on average, each backup (user + system, each agent's idle rate, measured just before,
-    subtracted). On separate boards an added replica costs the critical path what it adds to
-    the primary's CPU; here it is also one more process on the same cores."""
+    subtracted; with the ticks' rounding a figure near zero can come out slightly below it).
+    On separate boards an added replica costs the critical path what it adds to the
+    primary's CPU; here it is also one more process on the same cores."""
     lat: dict[int, list[float]] = {}
-    cpu: dict[int, list[tuple[float, float]]] = {}
+    primary_cpu: dict[int, list[float]] = {}
+    backup_cpu: dict[int, list[float]] = {}
     for r in range(mode.rounds):
         for n in [mode.scaling[(i + r) % len(mode.scaling)] for i in range(len(mode.scaling))]:
             _say(f"scaling round {r + 1}/{mode.rounds}: {n} replicas")
             with lab_target(workdir, n, "semi-active") as (lab, t):
-                primary = lab.pid(lab.wait_formed())
-                c = connect("127.0.0.1", t.port)
-                sequential_writes(c, 20, f"warm{r}")
+                primary = _primary_pid(lab, t)
+                conn = connect("127.0.0.1", t.port)
+                sequential_writes(conn, 20, f"warm{r}")
                 idle = _cpu_rates(t.pids, _IDLE_SAMPLE_S)
                 before = {p: cpu_seconds(p) for p in t.pids}
                 t0 = time.monotonic()
-                writes = sequential_writes(c, mode.writes_per_round, f"s{r}")
+                writes = sequential_writes(conn, mode.writes_per_round, f"s{r}")
                 elapsed = time.monotonic() - t0
+                conn.close()
                 spent = {
                     p: (cpu_seconds(p) - before[p] - idle[p] * elapsed) * 1000 / len(writes)
                     for p in t.pids
                 }
-                c.close()
-                backups = [v for p, v in spent.items() if p != primary]
-                cpu.setdefault(n, []).append(
-                    (spent[primary], statistics.fmean(backups) if backups else 0.0)
-                )
+                primary_cpu.setdefault(n, []).append(round(spent.pop(primary), 3))
+                if spent:  # a single node has no backup: its column stays "n/a"
+                    backup_cpu.setdefault(n, []).append(round(statistics.fmean(spent.values()), 3))
                 lat.setdefault(n, []).extend(writes)
-    return {
-        str(n): {
-            **summary(s),
-            "primary_cpu_ms_per_write": round(statistics.median(c[0] for c in cpu[n]), 3),
-            "backup_cpu_ms_per_write": round(statistics.median(c[1] for c in cpu[n]), 3),
-        }
-        for n, s in sorted(lat.items())
-    }
+    out: dict[str, Any] = {}
+    for n, s in sorted(lat.items()):
+        row: dict[str, Any] = {**summary(s)}
+        for key, per_round in (("primary", primary_cpu[n]), ("backup", backup_cpu.get(n))):
+            if per_round:
+                row[f"{key}_cpu_ms_per_write"] = round(statistics.median(per_round), 3)
+                row[f"{key}_cpu_ms_per_write_per_round"] = per_round
+        out[str(n)] = row
+    return out
 
 
 def failovers(

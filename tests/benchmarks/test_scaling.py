@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 from benchmarks import run
@@ -15,6 +14,8 @@ def test_scaling_records_latency_and_cpu_per_write_for_each_size(tmp_path: Path)
     assert list(result) == ["2"]
     two = result["2"]
     assert two["n"] == 300 and two["p50_ms"] > 0
-    # 300 writes take the primary tens of ticks of CPU beyond its idle rate; the backup less.
-    assert 0 < two["primary_cpu_ms_per_write"] < 50
-    assert math.isfinite(two["backup_cpu_ms_per_write"])
+    # 300 writes take the primary about a dozen ticks of CPU beyond its idle rate; its backup,
+    # which executes each write but reads no request and sends no reply, less than it.
+    assert 0.05 < two["primary_cpu_ms_per_write"] < 5
+    assert 0 < two["backup_cpu_ms_per_write"] < two["primary_cpu_ms_per_write"]
+    assert two["primary_cpu_ms_per_write_per_round"] == [two["primary_cpu_ms_per_write"]]
