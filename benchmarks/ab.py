@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -27,7 +28,7 @@ from typing import Any
 
 from benchmarks.client import connect, sequential_writes
 from benchmarks.lab import Lab
-from benchmarks.resources import cpu_seconds
+from benchmarks.resources import cpu_while
 
 __all__ = ["compare", "main"]
 
@@ -89,12 +90,12 @@ def compare(
             order = list(labs)
             for i in range(rounds):
                 for name in order if i % 2 == 0 else order[::-1]:
-                    pids = labs[name].agent_pids()
-                    before = sum(cpu_seconds(p) for p in pids)
-                    lat = sequential_writes(clients[name], writes, f"ab-{i}")
-                    spent = sum(cpu_seconds(p) for p in pids) - before
+                    lat, spent, _ = cpu_while(
+                        labs[name].agent_pids(),
+                        functools.partial(sequential_writes, clients[name], writes, f"ab-{i}"),
+                    )
                     p50[name].append(round(statistics.median(lat) * 1000, 3))
-                    cpu[name].append(round(spent / writes * 1000, 3))
+                    cpu[name].append(round(sum(spent.values()) / writes * 1000, 3))
         finally:
             for lab in labs.values():
                 lab.close()

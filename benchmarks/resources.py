@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-__all__ = ["cpu_seconds", "measure", "rss_mib"]
+__all__ = ["cpu_seconds", "cpu_while", "measure", "rss_mib"]
+
+R = TypeVar("R")
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -26,13 +29,20 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def measure(pids: Sequence[int], during: Callable[[], object]) -> dict[str, float]:
-    """CPU (percent of one core, per process on average) and RSS while ``during`` runs."""
+def cpu_while(pids: Sequence[int], during: Callable[[], R]) -> tuple[R, dict[int, float], float]:
+    """What ``during()`` returned, the CPU seconds each process spent while it ran, and the
+    wall-clock seconds it took."""
     before = {p: cpu_seconds(p) for p in pids}
     t0 = time.monotonic()
-    during()
+    result = during()
     elapsed = time.monotonic() - t0
-    cpu = [(cpu_seconds(p) - before[p]) / elapsed * 100 for p in pids]
+    return result, {p: cpu_seconds(p) - before[p] for p in pids}, elapsed
+
+
+def measure(pids: Sequence[int], during: Callable[[], object]) -> dict[str, float]:
+    """CPU (percent of one core, per process on average) and RSS while ``during`` runs."""
+    _, spent, elapsed = cpu_while(pids, during)
+    cpu = [spent[p] / elapsed * 100 for p in pids]
     rss = [rss_mib(p) for p in pids]
     return {
         "processes": len(pids),

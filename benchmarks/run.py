@@ -49,7 +49,7 @@ from benchmarks.peers import (
     RedisServer,
     SentinelGroup,
 )
-from benchmarks.resources import cpu_seconds, measure
+from benchmarks.resources import cpu_while, measure
 from benchmarks.stats import summary
 
 __all__ = ["Mode", "main"]
@@ -391,11 +391,8 @@ one tick over 1.5 s is about 0.7% of a core, against an agent's idle 5-9%)."""
 
 def _cpu_rates(pids: list[int], seconds: float) -> dict[int, float]:
     """CPU seconds per second each process spends over the next ``seconds``."""
-    before = {p: cpu_seconds(p) for p in pids}
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    elapsed = time.monotonic() - t0
-    return {p: (cpu_seconds(p) - before[p]) / elapsed for p in pids}
+    _, spent, elapsed = cpu_while(pids, lambda: time.sleep(seconds))
+    return {p: s / elapsed for p, s in spent.items()}
 
 
 def _primary_pid(lab: Lab, t: Target) -> int:
@@ -424,15 +421,12 @@ def scaling(workdir: Path, mode: Mode) -> dict[str, Any]:
                 conn = connect("127.0.0.1", t.port)
                 sequential_writes(conn, 20, f"warm{r}")
                 idle = _cpu_rates(t.pids, _IDLE_SAMPLE_S)
-                before = {p: cpu_seconds(p) for p in t.pids}
-                t0 = time.monotonic()
-                writes = sequential_writes(conn, mode.writes_per_round, f"s{r}")
-                elapsed = time.monotonic() - t0
+                writes, cpu, elapsed = cpu_while(
+                    t.pids,
+                    functools.partial(sequential_writes, conn, mode.writes_per_round, f"s{r}"),
+                )
                 conn.close()
-                spent = {
-                    p: (cpu_seconds(p) - before[p] - idle[p] * elapsed) * 1000 / len(writes)
-                    for p in t.pids
-                }
+                spent = {p: (s - idle[p] * elapsed) * 1000 / len(writes) for p, s in cpu.items()}
                 primary_cpu.setdefault(n, []).append(round(spent.pop(primary), 3))
                 if spent:  # a single node has no backup: its column stays "n/a"
                     backup_cpu.setdefault(n, []).append(round(statistics.fmean(spent.values()), 3))
